@@ -1,0 +1,125 @@
+"""Command line: parse, call one function, print with rich. Exit codes: 0 ok, 1 data error or missed
+target, 2 configuration error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tunesmith.config import ConfigError, RunConfig, config_reference, load_config
+from tunesmith.data.validate import DataError
+from tunesmith.models import ModelError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune a pretrained LLM into a domain specialist.")
+data_app = typer.Typer(no_args_is_help=True, help="Check and prepare data before any GPU time is spent.")
+app.add_typer(data_app, name="data")
+model_app = typer.Typer(no_args_is_help=True, help="Resolve and cache base models.")
+app.add_typer(model_app, name="model")
+console = Console(stderr=True)
+
+
+@app.callback()
+def _quiet_libraries() -> None:
+    """Our own progress bars and tables replace the libraries' tqdm bars and info logs."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    # peft reads the deprecated `is_gradient_checkpointing` alias (peft 0.21, transformers 5); harmless,
+    # drop once peft reads `is_activation_checkpointing`.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+ConfigArg = Annotated[Path, typer.Argument(help="Path to tunesmith.yaml.")]
+OverridesArg = Annotated[
+    list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.lr=1e-4 train.max_steps=20.", show_default=False)
+]
+
+
+def _config(path: Path, overrides: list[str] | None) -> RunConfig:
+    try:
+        return load_config(path, overrides or [])
+    except ConfigError as e:
+        console.print(f"[red bold]error:[/red bold] {e}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _fail(e: Exception, code: int = 1) -> typer.Exit:
+    console.print(f"[red bold]error:[/red bold] {e}", highlight=False)
+    return typer.Exit(code)
+
+
+@app.command()
+def run(config: ConfigArg, overrides: OverridesArg = None) -> None:
+    """Run every stage: data check, prepare, train, evaluate base vs tuned, report."""
+    from tunesmith.runner import run_all
+
+    cfg = _config(config, overrides)
+    try:
+        outcome = run_all(cfg, console)
+    except (DataError, ModelError) as e:
+        raise _fail(e) from None
+    if not outcome.targets_met:
+        console.print(f"[red bold]targets missed:[/red bold] {', '.join(outcome.eval['failed_targets'])}")  # type: ignore[index]
+        raise typer.Exit(1)
+
+
+@data_app.command("check")
+def data_check(config: ConfigArg, overrides: OverridesArg = None) -> None:
+    """Validate and tokenize every example and print the pre-flight summary; writes nothing."""
+    from tunesmith.runner import check_data
+
+    cfg = _config(config, overrides)
+    try:
+        check_data(cfg, console)
+    except (DataError, ModelError) as e:
+        raise _fail(e) from None
+    console.print("[green]data OK[/green]")
+
+
+@app.command("eval")
+def eval_cmd(run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<id>).")]) -> None:
+    """Evaluate a trained run again (base vs tuned on its test split) and rebuild its report."""
+    from tunesmith.runner import eval_run
+
+    try:
+        outcome = eval_run(run_dir, console)
+    except (FileNotFoundError, ModelError) as e:
+        raise _fail(e) from None
+    if not outcome.targets_met:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<id>).")]) -> None:
+    """Rebuild report.html of a run from its artifacts."""
+    from tunesmith.eval.report import build_report
+
+    console.print(str(build_report(run_dir)))
+
+
+@model_app.command("prepare")
+def model_prepare(
+    model: Annotated[str, typer.Argument(help="builtin:NAME, a local folder or a hub id.")] = "builtin:smollm2-135m-instruct",
+) -> None:
+    """Resolve a model (converting a built-in GGUF to cached safetensors once) and print its folder."""
+    from tunesmith.models import resolve_model
+
+    try:
+        print(resolve_model(model))
+    except ModelError as e:
+        raise _fail(e) from None
+
+
+@app.command("config-reference")
+def config_reference_cmd() -> None:
+    """Print every configuration key with its type, default and meaning (Markdown)."""
+    print(config_reference())
+
+
+if __name__ == "__main__":
+    app()

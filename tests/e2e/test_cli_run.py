@@ -1,0 +1,110 @@
+"""The whole CLI, as a user runs it, on the tiny model (seconds) and on the real SmolLM2 (a few steps)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import make_label_rows, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tunesmith(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+def _set(cfg_path: Path, **sections: dict) -> None:
+    cfg = yaml.safe_load(cfg_path.read_text())
+    for k, v in sections.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    cfg_path.write_text(yaml.safe_dump(cfg))
+
+
+def test_run_writes_every_artifact_and_exits_1_on_missed_target(toy_config: Path) -> None:
+    # A randomly initialised model cannot reach 99% accuracy: the run completes and exits 1.
+    _set(toy_config, targets={"accuracy": ">= 0.99"})
+    proc = tunesmith("run", str(toy_config))
+    assert proc.returncode == 1, proc.stderr
+    assert "targets missed: accuracy" in proc.stderr
+    runs = list((toy_config.parent / "runs").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    for rel in (
+        "resolved.yaml",
+        "manifest.json",
+        "data/train.jsonl",
+        "data/test.jsonl",
+        "data/preflight.json",
+        "metrics.jsonl",
+        "adapter/adapter_model.safetensors",
+        "adapter/tokenizer.json",
+        "eval/predictions.jsonl",
+        "eval/eval.json",
+        "report.html",
+        "loss.png",
+    ):
+        assert (run / rel).is_file(), rel
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    assert ev["n_examples"] == 16 and ev["failed_targets"] == ["accuracy"]
+    assert {m["metric"] for m in ev["metrics"]} == {"accuracy", "exact_match", "token_f1", "rouge_l"}
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert {k for k, v in manifest["stages"].items() if v["status"] == "done"} == {"data", "train", "eval"}
+    html = (run / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Targets missed: accuracy" in html
+
+    # The eval stage alone, from the run directory, gives the same predictions (greedy is deterministic).
+    before = (run / "eval" / "predictions.jsonl").read_text()
+    proc = tunesmith("eval", str(run))
+    assert proc.returncode == 1, proc.stderr
+    assert (run / "eval" / "predictions.jsonl").read_text() == before
+
+
+def test_bad_data_line_exits_1_without_run_dir(toy_config: Path) -> None:
+    rows = make_label_rows(40)
+    path = write_jsonl(toy_config.parent / "data.jsonl", rows)
+    lines = path.read_text().splitlines()
+    lines[6] = lines[6][:-1]  # line 7 loses its closing brace
+    path.write_text("\n".join(lines) + "\n")
+    proc = tunesmith("data", "check", str(toy_config))
+    assert proc.returncode == 1
+    assert "data.jsonl:7: is not valid JSON" in proc.stderr
+    proc = tunesmith("run", str(toy_config))
+    assert proc.returncode == 1
+    assert not (toy_config.parent / "runs").exists()
+
+
+def test_over_length_examples_are_reported_by_line(toy_config: Path) -> None:
+    rows = make_label_rows(40)
+    rows[11]["instruction"] = "long " * 400
+    write_jsonl(toy_config.parent / "data.jsonl", rows)
+    proc = tunesmith("data", "check", str(toy_config))
+    assert proc.returncode == 1
+    assert "data.jsonl:12:" in proc.stderr and "over train.max_length=128" in proc.stderr
+
+
+@pytest.mark.slow
+def test_real_smollm2_few_steps_end_to_end(tmp_path: Path) -> None:
+    """The shipped example on the real pretrained model, shrunk to a few steps and a few test prompts."""
+    cfg = yaml.safe_load((ROOT / "examples/support-tickets/tunesmith.yaml").read_text())
+    cfg["data"]["train"] = str(ROOT / "examples/support-tickets" / cfg["data"]["train"])
+    cfg["runs_dir"] = str(tmp_path / "runs")
+    cfg["train"].update(max_steps=2, batch_size=2, eval_every=2)
+    cfg["data"]["split"] = {"val": 0.01, "test": 0.2, "seed": 0}
+    cfg["eval"].update(limit=4, max_new_tokens=8, batch_size=4)
+    cfg["targets"] = {}
+    path = tmp_path / "tunesmith.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = tunesmith("run", str(path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = list((tmp_path / "runs").iterdir())
+    losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(0 < x < 10 for x in losses)
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    assert ev["n_examples"] == 4 and ev["primary_metric"] == "field_accuracy.queue"

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tunesmith.config import load_config
+from tunesmith.data.pipeline import prepare
+from tunesmith.models import load_model
+from tunesmith.train.batching import collate, get_lr, loss_tokens, token_loss_sum
+from tunesmith.train.loop import train
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor() -> None:
+    lrs = [get_lr(s, total=100, warmup=10, lr=1.0, min_ratio=0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_fast_loss_equals_full_logits_loss(toy_config: Path, tokenizer: Any) -> None:
+    cfg = load_config(toy_config)
+    data = prepare(cfg, tokenizer)
+    model = load_model(cfg.model)
+    batch = collate(data.train.encoded[:5], tokenizer.pad_token_id)
+    with torch.no_grad():
+        fast = token_loss_sum(model, batch, fast=True)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ref = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), reduction="sum"
+    )
+    assert float(fast) == pytest.approx(float(ref), rel=1e-5)
+    assert loss_tokens(data.train.encoded[:5]) == int((batch["labels"][:, 1:] != -100).sum())
+
+
+def test_lora_changes_adapter_not_base_and_loss_falls(toy_config: Path, tokenizer: Any, tmp_path: Path) -> None:
+    cfg = load_config(toy_config, ["train.max_steps=12", "train.eval_every=4", "train.lr=3e-2"])
+    data = prepare(cfg, tokenizer)
+    model = load_model(cfg.model)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    tuned, result = train(cfg, data, model, tokenizer, tmp_path)
+
+    base_after = tuned.get_base_model().state_dict()
+    lora = {k: v for k, v in base_after.items() if "lora_" in k}
+    assert lora, "no LoRA weights were injected"
+    for k, v in base_after.items():
+        if "lora_" in k:
+            continue
+        name = k.replace(".base_layer", "")
+        assert torch.equal(v, before[name]), f"base weight {name} changed"
+    # lora_B starts at zero in peft; after training it must not be.
+    assert any(float(v.abs().sum()) > 0 for k, v in lora.items() if "lora_B" in k)
+
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 13))
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    vals = [r["val_loss"] for r in lines if "val_loss" in r]
+    assert len(vals) == 3 and vals[-1] < vals[0]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert result.trainable_params < result.total_params
