@@ -76,3 +76,12 @@ def test_every_shipped_example_config_is_valid(path: Path) -> None:
 
 def test_examples_exist() -> None:
     assert list(ROOT.glob("examples/*/tunesmith.yaml")), "no example configs shipped"
+
+
+def test_readme_config_reference_is_current() -> None:
+    from tunesmith.config import config_reference
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start, end = "<!-- config-reference:start -->\n", "\n<!-- config-reference:end -->"
+    section = readme[readme.index(start) + len(start) : readme.index(end)]
+    assert section == config_reference(), "README's config reference is stale: regenerate with `tunesmith config-reference`"
