@@ -62,9 +62,11 @@ class DataConfig(_Strict):
     )
     val: list[str] = Field(default_factory=list, description="Validation files. Empty: split off from `train`.")
     test: list[str] = Field(default_factory=list, description="Held-out test files for evaluation. Empty: split off from `train`.")
-    format: Literal["auto", "instruction", "chat"] = Field(
+    format: Literal["auto", "instruction", "chat", "classification", "text", "preference"] = Field(
         "auto",
-        description="Row format: `instruction` ({instruction, input?, output}), `chat` ({messages: [...]}) or `auto` (detected per file).",
+        description="Row format, detected per row with `auto`: `instruction` ({instruction, input?, output}), `chat` "
+        "({messages: [...]}), `classification` ({text, label}, e.g. CSV), `text` ({text}, raw text, also .txt/.md files), "
+        "`preference` ({prompt, chosen, rejected}). Files: JSONL, JSON arrays, CSV/TSV, Parquet, or a folder of them.",
     )
     system_prompt: str | None = Field(
         None, description="System message put before every instruction-format example (train and inference alike)."

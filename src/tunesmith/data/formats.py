@@ -9,6 +9,11 @@ Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 INSTRUCTION_KEYS = frozenset({"instruction", "input", "output", "system"})
 CHAT_KEYS = frozenset({"messages"})
+TEXT_KEYS = frozenset({"text"})
+PREFERENCE_KEYS = frozenset({"prompt", "chosen", "rejected", "system"})
+LABEL_KEYS = frozenset({"text", "label"})
+FORMATS = ("instruction", "chat", "text", "preference", "classification")
+DEFAULT_CLASSIFY_PROMPT = "Classify the text. Answer with the label only."
 MESSAGE_KEYS = frozenset({"role", "content", "weight"})
 
 
@@ -20,9 +25,18 @@ class Message(TypedDict, total=False):
 
 @dataclass(frozen=True)
 class Example:
+    """One training example. `kind` says which objective can use it:
+    chat (SFT: instruction, chat and classification rows), text (continued pre-training on raw text),
+    preference (DPO: `messages` ends with the chosen answer, `rejected` holds the other one).
+    """
+
     messages: list[Message]
     source: str  # "file.jsonl:LINE", so every later error can point back at the line
     meta: dict[str, Any] = field(default_factory=dict)
+    kind: Literal["chat", "text", "preference"] = "chat"
+    text: str = ""
+    rejected: str = ""
+    label: str | None = None
 
     @property
     def prompt_messages(self) -> list[Message]:
@@ -44,14 +58,21 @@ class RowError(ValueError):
         self.kind = kind
 
 
-def detect_format(row: dict[str, Any]) -> Literal["instruction", "chat"]:
+def detect_format(row: dict[str, Any]) -> str:
     if "messages" in row:
         return "chat"
     if "instruction" in row or "output" in row:
         return "instruction"
+    if "chosen" in row or "rejected" in row:
+        return "preference"
+    if "label" in row:
+        return "classification"
+    if "text" in row:
+        return "text"
     raise RowError(
         "",
-        f"cannot tell the format from keys {sorted(row)}: expected `messages` (chat) or `instruction`/`output`",
+        f"cannot tell the format from keys {sorted(row)}: expected `messages` (chat), `instruction`/`output`, "
+        "`prompt`/`chosen`/`rejected` (preference), `text`/`label` (classification) or `text` (raw text)",
         "unknown_format",
     )
 
@@ -131,10 +152,58 @@ def chat_to_messages(row: dict[str, Any], system_prompt: str | None = None) -> l
     return msgs
 
 
+def _only(row: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = set(row) - allowed
+    if unknown:
+        raise RowError(sorted(unknown)[0], f"unknown key (expected {sorted(allowed)})", "unknown_key")
+
+
 def row_to_messages(row: Any, fmt: str, system_prompt: str | None = None) -> list[Message]:
+    """Instruction and chat rows as messages (the SFT formats)."""
     if not isinstance(row, dict):
         raise RowError("", f"each line must be a JSON object, got {type(row).__name__}", "not_an_object")
     kind = detect_format(row) if fmt == "auto" else fmt
     if kind == "chat":
         return chat_to_messages(row, system_prompt)
-    return instruction_to_messages(row, system_prompt)
+    if kind == "instruction":
+        return instruction_to_messages(row, system_prompt)
+    raise RowError("", f"a {kind} row has no chat messages", "unknown_format")
+
+
+def row_to_example(row: Any, fmt: str, source: str, system_prompt: str | None = None) -> Example:
+    """Any supported row -> Example, or RowError naming the field."""
+    if not isinstance(row, dict):
+        raise RowError("", f"each row must be an object, got {type(row).__name__}", "not_an_object")
+    kind = detect_format(row) if fmt == "auto" else fmt
+    if kind in ("chat", "instruction"):
+        return Example(row_to_messages(row, kind, system_prompt), source)
+    if kind == "text":
+        _only(row, TEXT_KEYS)
+        return Example([], source, kind="text", text=_text(row, "text", required=True))
+    if kind == "classification":
+        _only(row, LABEL_KEYS)
+        text = _text(row, "text", required=True)
+        label = row.get("label")
+        if isinstance(label, int | float) and not isinstance(label, bool):
+            label = str(label)
+        label = _text({"label": label}, "label", required=True)
+        msgs: list[Message] = [
+            {"role": "system", "content": system_prompt or DEFAULT_CLASSIFY_PROMPT},
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": label.strip()},
+        ]
+        return Example(msgs, source, label=label.strip())
+    if kind == "preference":
+        _only(row, PREFERENCE_KEYS)
+        prompt = _text(row, "prompt", required=True)
+        chosen = _text(row, "chosen", required=True)
+        rejected = _text(row, "rejected", required=True)
+        if chosen.strip() == rejected.strip():
+            raise RowError("rejected", "is identical to `chosen`; a preference pair needs two different answers", "degenerate")
+        system = _text(row, "system", required=False) or system_prompt
+        msgs = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": chosen},
+        ]
+        return Example(msgs, source, kind="preference", rejected=rejected)
+    raise RowError("", f"unknown format {kind!r} (one of {', '.join(FORMATS)})", "unknown_format")

@@ -70,6 +70,11 @@ def encode_split(
     issues: list[DataIssue] = []
     for ex in examples:
         file, _, line = ex.source.rpartition(":")
+        if ex.kind != "chat":
+            issues.append(
+                DataIssue(file, int(line), "", f"is a {ex.kind} row; instruction tuning trains on instruction/chat rows", "wrong_kind")
+            )
+            continue
         try:
             encoded.append(encode_chat(tok, ex.messages, max_length, stop_ids))
         except TooLongError as e:

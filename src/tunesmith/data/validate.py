@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from tunesmith.data.formats import Example, RowError, row_to_messages
+from tunesmith.data.formats import Example, RowError, row_to_example
 
 MIN_EXAMPLES = 10
 
@@ -29,6 +27,11 @@ FIXES: dict[str, str] = {
     "missing_assistant": "end every example with an assistant answer",
     "too_long": "raise train.max_length or shorten the example",
     "too_few": "fine-tuning needs at least 10 examples; 100+ is better",
+    "bad_csv": "every row needs as many cells as the header; quote cells that contain the delimiter",
+    "bad_file": "use a supported file type",
+    "degenerate": "remove the example or fix the answer",
+    "template": "use a model whose chat template renders earlier turns unchanged",
+    "wrong_kind": "this objective cannot train on these rows; check data.format and the files",
 }
 
 
@@ -62,45 +65,27 @@ class DataError(Exception):
         super().__init__("\n".join(parts))
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[int, Any | DataIssue]]:
-    """Yield (line number, parsed row) or (line number, DataIssue); blank lines are skipped."""
-    name = path.name
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield lineno, DataIssue(name, lineno, "", f"is not valid UTF-8 (byte {e.start})", "bad_utf8")
-                continue
-            if not text.strip():
-                continue
-            try:
-                yield lineno, json.loads(text.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                yield lineno, DataIssue(name, lineno, "", f"is not valid JSON: {e.msg} at column {e.colno}", "bad_json")
-
-
 def load_examples(
     paths: Sequence[str], fmt: str = "auto", system_prompt: str | None = None
 ) -> tuple[list[Example], list[DataIssue]]:
-    """Parse every line of every file; return the good examples and every issue (nothing is dropped silently)."""
+    """Parse every row of every file (folders: every supported file in them); return the good examples
+    and every issue. Nothing is dropped silently."""
+    from tunesmith.data.readers import iter_files, iter_rows
+
     examples: list[Example] = []
     issues: list[DataIssue] = []
     for p in paths:
-        path = Path(p)
-        if path.suffix not in (".jsonl", ".json"):
-            issues.append(DataIssue(path.name, 0, "", f"unsupported file type {path.suffix!r} (JSONL expected)", "bad_json"))
-            continue
-        for lineno, row in iter_jsonl(path):
-            if isinstance(row, DataIssue):
-                issues.append(row)
-                continue
-            try:
-                msgs = row_to_messages(row, fmt, system_prompt)
-            except RowError as e:
-                issues.append(DataIssue(path.name, lineno, e.field, e.reason, e.kind))
-                continue
-            examples.append(Example(messages=msgs, source=f"{path.name}:{lineno}"))
+        root = Path(p)
+        for path in iter_files(root):
+            display = str(path.relative_to(root.parent)) if root.is_dir() else path.name
+            for raw in iter_rows(path, display):
+                if raw.issue is not None:
+                    issues.append(raw.issue)
+                    continue
+                try:
+                    examples.append(row_to_example(raw.row, fmt, f"{raw.file}:{raw.line}", system_prompt))
+                except RowError as e:
+                    issues.append(DataIssue(raw.file, raw.line, e.field, e.reason, e.kind))
     return examples, issues
 
 
