@@ -10,15 +10,25 @@ from typing import Any
 QUEUES = ["billing", "access", "payroll", "mobile"]
 
 
+FILLER = (
+    "please help today urgent thanks team since monday again still cannot our office staff customer account "
+    "invoice april march report screen button error message browser laptop morning evening weekend manager "
+    "client order export import settings profile company branch"
+).split()
+
+
+def random_words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(FILLER) for _ in range(n))
+
+
 def make_label_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
-    """A learnable toy task: a keyword in the ticket decides the label."""
+    """A learnable toy task: a keyword in the ticket decides the label; random filler keeps rows distinct."""
     rng = random.Random(seed)
     words = {"billing": "refund", "access": "password", "payroll": "payslip", "mobile": "iphone"}
     rows = []
     for i in range(n):
         q = QUEUES[i % len(QUEUES)]
-        filler = " ".join(rng.choice(["please", "help", "today", "urgent", "thanks", "team"]) for _ in range(3))
-        rows.append({"instruction": f"Ticket {i}: my {words[q]} is broken, {filler}", "output": q})
+        rows.append({"instruction": f"{random_words(rng, 4)} my {words[q]} is broken {random_words(rng, 5)}", "output": q})
     return rows
 
 

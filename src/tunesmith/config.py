@@ -48,12 +48,49 @@ class SplitConfig(_Strict):
     val: float = Field(0.05, ge=0.0, lt=1.0, description="Share of examples held out for validation loss.")
     test: float = Field(0.2, ge=0.0, lt=1.0, description="Share of examples held out for the base-vs-tuned evaluation.")
     seed: int = Field(0, description="Seed of the deterministic shuffle before splitting.")
+    stratify: bool = Field(True, description="Keep label proportions equal across splits for classification rows.")
 
     @model_validator(mode="after")
     def _leaves_training_data(self) -> SplitConfig:
         if self.val + self.test >= 0.9:
             raise ValueError(f"val + test = {self.val + self.test:.2f} leaves too little training data; keep it under 0.9")
         return self
+
+
+class CleanConfig(_Strict):
+    """Cleaning steps, in this order; each one is counted in the pre-flight report."""
+
+    normalize: bool = Field(True, description="Unicode NFC, drop invisible/control characters, LF line ends, trim trailing spaces.")
+    drop_degenerate: bool = Field(True, description="Drop examples whose answer is empty, repeats the prompt, or repeats one phrase.")
+    pii: Literal["redact", "drop", "keep"] = Field(
+        "redact",
+        description="PII (emails, phones, Luhn-valid cards, IBANs, US SSNs, UK NI numbers, IPs, your patterns): "
+        "`redact` replaces with typed placeholders like <EMAIL>, `drop` removes the example, `keep` leaves it.",
+    )
+    pii_kinds: list[str] | None = Field(None, description="Only these PII kinds (default: all).")
+    pii_patterns: dict[str, str] = Field(
+        default_factory=dict, description="Your own PII regexes, name -> pattern; redacted as <NAME>."
+    )
+    exact_dedup: bool = Field(True, description="Drop exact duplicates (after normalisation, case-insensitive).")
+    near_dedup: bool = Field(True, description="Drop near-duplicates (MinHash LSH over the whole example).")
+    near_dup_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Estimated Jaccard similarity at which two examples are near-duplicates.")
+
+
+class ContaminationConfig(_Strict):
+    """Train examples that (nearly) duplicate held-out examples inflate every eval number."""
+
+    threshold: float = Field(0.8, gt=0.0, le=1.0, description="Estimated Jaccard similarity that counts as overlap.")
+    extra_eval_files: list[str] = Field(
+        default_factory=list, description="Other benchmark files to keep out of training (any supported format)."
+    )
+    action: Literal["drop", "warn", "error"] = Field(
+        "drop", description="`drop` the train side of each overlapping pair, `warn` only, or `error` (exit 1)."
+    )
+
+    @field_validator("extra_eval_files", mode="after")
+    @classmethod
+    def _exist(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        return [_resolve_path(p, info) for p in v]
 
 
 class DataConfig(_Strict):
@@ -72,6 +109,13 @@ class DataConfig(_Strict):
         None, description="System message put before every instruction-format example (train and inference alike)."
     )
     split: SplitConfig = Field(default_factory=SplitConfig, description="Split used when val/test files are not given.")
+    clean: CleanConfig = Field(default_factory=CleanConfig, description="Cleaning steps.")
+    contamination: ContaminationConfig = Field(
+        default_factory=ContaminationConfig, description="Overlap check between train and val/test (and extra eval files)."
+    )
+    on_overlength: Literal["error", "drop", "truncate"] = Field(
+        "error", description="Examples longer than train.max_length: `error` (list them), `drop` or `truncate` them (counted)."
+    )
 
     @field_validator("train", "val", "test", mode="before")
     @classmethod
@@ -115,6 +159,7 @@ class TrainConfig(_Strict):
     seed: int = Field(0, description="Seed for weights init, shuffling and dropout.")
     eval_every: int = Field(20, gt=0, description="Compute validation loss every N optimizer steps (and at the end).")
     threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: all cores).")
+    group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding, same randomness across windows).")
 
 
 class EvalConfig(_Strict):

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunesmith.config import RunConfig, validate_config
+from tunesmith.data.report import print_preflight, write_preflight_html
 from tunesmith.data.pipeline import PreparedData, prepare, read_prepared_examples, write_prepared
 from tunesmith.eval.evaluate import evaluate
 from tunesmith.eval.report import build_report
@@ -44,26 +45,14 @@ def check_data(cfg: RunConfig, console: Console) -> tuple[str, Any, PreparedData
     return model_path, tok, data
 
 
-def print_preflight(pre: dict[str, Any], console: Console) -> None:
-    t = Table(title="pre-flight", show_header=False, title_justify="left")
-    c = pre["counts"]
-    t.add_row("examples", f"{c['train']} train / {c['val']} val / {c['test']} test")
-    lt = pre["lengths"]["train"]
-    t.add_row("tokens per example (train)", f"min {lt['min']}, mean {lt['mean']}, p95 {lt['p95']}, max {lt['max']} (max_length {pre['max_length']})")
-    t.add_row("tokens per epoch", f"{pre['tokens_per_epoch']:,} ({100 * pre['share_under_loss']:.1f}% under the loss)")
-    t.add_row("EOS trained", f"{100 * pre['eos_trained_share']:.0f}% of examples")
-    tp = pre["template_parity"]
-    t.add_row("train/serve template parity", f"{tp['identical']}/{tp['checked']} identical token ids")
-    console.print(t)
-
-
 def run_all(cfg: RunConfig, console: Console) -> RunOutcome:
     model_path, tok, data = check_data(cfg, console)
     run_dir = new_run_dir(cfg)
     console.print(f"run directory: [bold]{run_dir}[/bold]")
     init_manifest(run_dir, cfg, model_path)
     write_prepared(data, run_dir / "data")
-    mark_stage(run_dir, "data", "done", preflight=data.preflight)
+    write_preflight_html(data.preflight, run_dir / "data" / "preflight.html", f"{cfg.name}: pre-flight")
+    mark_stage(run_dir, "data", "done", preflight={k: v for k, v in data.preflight.items() if k != "token_lengths"})
 
     model = load_model(model_path)
     tuned, result = train(cfg, data, model, tok, run_dir, console)

@@ -1,17 +1,24 @@
-"""The data stage: read, validate, split, tokenize, and a pre-flight summary, before any model loads."""
+"""The data stage: read, validate, clean, split, check contamination, tokenize, pre-flight summary.
+
+All of it runs before any model weights load; a hard error stops here with every bad line listed and
+nothing written to any run directory.
+"""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import RunConfig
+from tunesmith.data.clean import clean_examples, contamination
 from tunesmith.data.formats import Example
 from tunesmith.data.split import split_three
 from tunesmith.data.tokenize import (
+    IGNORE,
     Encoded,
     TemplateError,
     TooLongError,
@@ -40,48 +47,124 @@ class PreparedData:
     preflight: dict[str, Any]
 
 
-def read_splits(cfg: RunConfig) -> tuple[list[Example], list[Example], list[Example]]:
-    """Parse all files and split; raise DataError listing every bad line (nothing written anywhere)."""
+@dataclass
+class CleanSplits:
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
+    report: dict[str, Any]
+
+
+def _src(ex: Example) -> tuple[str, int]:
+    file, _, line = ex.source.rpartition(":")
+    return file, int(line)
+
+
+def read_splits(cfg: RunConfig) -> CleanSplits:
+    """Parse, validate, clean, split and check contamination. Raises DataError; writes nothing."""
     d = cfg.data
     issues: list[DataIssue] = []
-    train, bad = load_examples(d.train, d.format, d.system_prompt)
-    issues += bad
-    val, bad = load_examples(d.val, d.format, d.system_prompt)
-    issues += bad
-    test, bad = load_examples(d.test, d.format, d.system_prompt)
-    issues += bad
+    raw: dict[str, list[Example]] = {}
+    for name, paths in (("train", d.train), ("val", d.val), ("test", d.test)):
+        raw[name], bad = load_examples(paths, d.format, d.system_prompt)
+        issues += bad
     if issues:
         raise DataError(issues)
+
+    report: dict[str, Any] = {"read": {k: len(v) for k, v in raw.items()}}
+    # Each split is cleaned on its own; overlap *between* train and held-out splits is the
+    # contamination check's job below, which always keeps the held-out side intact.
+    cleaned: dict[str, list[Example]] = {}
+    clean_reports = {}
+    for name in ("test", "val", "train"):
+        cleaned[name], rep = clean_examples(raw[name], d.clean)
+        clean_reports[name] = rep.as_dict()
+    report["clean"] = clean_reports
+
+    train, val, test = cleaned["train"], cleaned["val"], cleaned["test"]
     if not d.val or not d.test:
+        labels = {e.label for e in train}
+        stratify = d.split.stratify and None not in labels and len(labels) > 1
         rest, v, t = split_three(
-            train, val=0.0 if d.val else d.split.val, test=0.0 if d.test else d.split.test, seed=d.split.seed
+            train,
+            val=0.0 if d.val else d.split.val,
+            test=0.0 if d.test else d.split.test,
+            seed=d.split.seed,
+            stratify_by=(lambda e: e.label) if stratify else None,
         )
         train, val, test = rest, (val or v), (test or t)
+        report["split"] = {"from_train_file": True, "stratified": stratify, "seed": d.split.seed}
+    else:
+        report["split"] = {"from_train_file": False}
+
+    extra, bad = load_examples(d.contamination.extra_eval_files, "auto", d.system_prompt)
+    if bad:
+        raise DataError(bad)
+    pairs = contamination(train, {"val": val, "test": test, "extra_eval": extra}, d.contamination.threshold)
+    report["contamination"] = {
+        "pairs": len(pairs),
+        "train_examples": len({p["train_index"] for p in pairs}),
+        "action": d.contamination.action,
+        "listed": [{k: v for k, v in p.items() if k != "train_index"} for p in pairs[:50]],
+    }
+    if pairs and d.contamination.action == "error":
+        raise DataError(
+            [
+                DataIssue(*_split_src(p["train"]), "", f"overlaps {p['split']} example {p['eval']} (Jaccard {p['jaccard']})", "contaminated")
+                for p in pairs
+            ]
+        )
+    if pairs and d.contamination.action == "drop":
+        drop = {p["train_index"] for p in pairs}
+        train = [e for i, e in enumerate(train) if i not in drop]
+
     issues += check_count(train, "train split")
     if issues:
         raise DataError(issues)
-    return train, val, test
+    return CleanSplits(train, val, test, report)
+
+
+def _split_src(source: str) -> tuple[str, int]:
+    file, _, line = source.rpartition(":")
+    return file, int(line)
 
 
 def encode_split(
-    tok: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int, stop_ids: Sequence[int]
-) -> tuple[list[Encoded], list[DataIssue]]:
+    tok: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int, stop_ids: Sequence[int], on_overlength: str
+) -> tuple[list[Example], list[Encoded], list[DataIssue], Counter[str]]:
+    kept: list[Example] = []
     encoded: list[Encoded] = []
     issues: list[DataIssue] = []
+    counts: Counter[str] = Counter()
     for ex in examples:
-        file, _, line = ex.source.rpartition(":")
+        file, line = _src(ex)
         if ex.kind != "chat":
             issues.append(
-                DataIssue(file, int(line), "", f"is a {ex.kind} row; instruction tuning trains on instruction/chat rows", "wrong_kind")
+                DataIssue(file, line, "", f"is a {ex.kind} row; instruction tuning trains on instruction/chat rows", "wrong_kind")
             )
             continue
         try:
-            encoded.append(encode_chat(tok, ex.messages, max_length, stop_ids))
+            enc = encode_chat(tok, ex.messages, max_length, stop_ids)
         except TooLongError as e:
-            issues.append(DataIssue(file, int(line), "", str(e), "too_long"))
+            counts["overlength"] += 1
+            if on_overlength == "error":
+                issues.append(DataIssue(file, line, "", str(e), "too_long"))
+                continue
+            if on_overlength == "drop":
+                counts["overlength_dropped"] += 1
+                continue
+            counts["overlength_truncated"] += 1
+            full = encode_chat(tok, ex.messages, 10**9, stop_ids)
+            enc = Encoded(full.input_ids[:max_length], full.labels[:max_length])
+            if enc.n_loss == 0:
+                counts["overlength_dropped"] += 1  # nothing left to learn from after the cut
+                continue
         except TemplateError as e:
-            issues.append(DataIssue(file, int(line), "messages", str(e), "template"))
-    return encoded, issues
+            issues.append(DataIssue(file, line, "messages", str(e), "template"))
+            continue
+        kept.append(ex)
+        encoded.append(enc)
+    return kept, encoded, issues, counts
 
 
 def _lengths_summary(lengths: Sequence[int]) -> dict[str, float]:
@@ -98,23 +181,31 @@ def _lengths_summary(lengths: Sequence[int]) -> dict[str, float]:
 
 
 def prepare(cfg: RunConfig, tok: PreTrainedTokenizerBase, generation_config: Any = None) -> PreparedData:
-    train, val, test = read_splits(cfg)
+    cs = read_splits(cfg)
     stops = stop_token_ids(tok, generation_config)
     issues: list[DataIssue] = []
     splits: dict[str, Split] = {}
-    for name, exs in (("train", train), ("val", val), ("test", test)):
-        enc, bad = encode_split(tok, exs, cfg.train.max_length, stops)
+    overlength: dict[str, dict[str, int]] = {}
+    for name, exs in (("train", cs.train), ("val", cs.val), ("test", cs.test)):
+        kept, enc, bad, counts = encode_split(tok, exs, cfg.train.max_length, stops, cfg.data.on_overlength)
         issues += bad
-        splits[name] = Split(list(exs), enc)
+        splits[name] = Split(kept, enc)
+        overlength[name] = dict(counts)
+    if issues:
+        raise DataError(issues)
+    issues += check_count(splits["train"].examples, "train split")
     if issues:
         raise DataError(issues)
 
     tr = splits["train"].encoded
     total = sum(len(e.input_ids) for e in tr)
     under_loss = sum(e.n_loss for e in tr)
-    eos_trained = sum(1 for e in tr if any(t in stops for t, lab in zip(e.input_ids, e.labels, strict=True) if lab == t))
-    parity_sample = train[: min(len(train), 200)]
+    eos_trained = sum(
+        1 for e in tr if any(t in stops and lab != IGNORE for t, lab in zip(e.input_ids, e.labels, strict=True))
+    )
+    parity_sample = splits["train"].examples[: min(len(tr), 200)]
     parity_ok = sum(1 for ex in parity_sample if render_parity(tok, ex.messages))
+    labels = {k: dict(Counter(e.label for e in v.examples if e.label is not None)) for k, v in splits.items()}
     preflight: dict[str, Any] = {
         "counts": {k: len(v.examples) for k, v in splits.items()},
         "tokens_per_epoch": total,
@@ -123,8 +214,12 @@ def prepare(cfg: RunConfig, tok: PreTrainedTokenizerBase, generation_config: Any
         "eos_trained_share": round(eos_trained / max(len(tr), 1), 4),
         "template_parity": {"checked": len(parity_sample), "identical": parity_ok},
         "lengths": {k: _lengths_summary([len(e.input_ids) for e in v.encoded]) for k, v in splits.items()},
+        "token_lengths": {k: [len(e.input_ids) for e in v.encoded] for k, v in splits.items()},
         "max_length": cfg.train.max_length,
+        "overlength": overlength,
+        "labels": labels if any(labels.values()) else {},
         "stop_token_ids": stops,
+        **cs.report,
     }
     return PreparedData(splits["train"], splits["val"], splits["test"], preflight)
 
@@ -132,7 +227,10 @@ def prepare(cfg: RunConfig, tok: PreTrainedTokenizerBase, generation_config: Any
 def write_prepared(data: PreparedData, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
-        lines = [json.dumps({"messages": ex.messages, "source": ex.source}, ensure_ascii=False) for ex in split.examples]
+        lines = [
+            json.dumps({"messages": ex.messages, "source": ex.source, **({"label": ex.label} if ex.label else {})}, ensure_ascii=False)
+            for ex in split.examples
+        ]
         atomic_write_text(out_dir / f"{name}.jsonl", "\n".join(lines) + ("\n" if lines else ""))
     atomic_write_text(out_dir / "preflight.json", json.dumps(data.preflight, indent=2))
 
@@ -143,5 +241,8 @@ def read_prepared_examples(path: Path) -> list[Example]:
         for line in f:
             if line.strip():
                 row = json.loads(line)
-                out.append(Example(messages=row["messages"], source=row["source"]))
+                out.append(Example(messages=row["messages"], source=row["source"], label=row.get("label")))
     return out
+
+
+__all__ = ["CleanSplits", "PreparedData", "Split", "prepare", "read_splits", "write_prepared"]

@@ -19,6 +19,9 @@ from tunesmith.eval.metrics import score_all
 from tunesmith.io import atomic_write_json, atomic_write_text
 
 
+_MERGEABLE = {"LORA"}
+
+
 def _speed(gens: list[Generation]) -> dict[str, float]:
     # Batch members share their batch's wall time: count each batch once.
     seconds = sum({g.batch: g.seconds for g in gens}.values())
@@ -55,7 +58,16 @@ def evaluate(
                 with model.disable_adapter():
                     outputs[which] = generate(model, tok, prompts, ec.max_new_tokens, ec.batch_size, stops, advance)
             else:
-                outputs[which] = generate(model, tok, prompts, ec.max_new_tokens, ec.batch_size, stops, advance)
+                # Merged LoRA weights decode faster (no extra matmuls per layer) and are what an exported
+                # model serves; the adapter is saved already, and unmerging restores the base for reuse.
+                mergeable = hasattr(model, "merge_adapter") and getattr(model, "peft_type", None) in _MERGEABLE
+                if mergeable:
+                    model.merge_adapter()
+                try:
+                    outputs[which] = generate(model, tok, prompts, ec.max_new_tokens, ec.batch_size, stops, advance)
+                finally:
+                    if mergeable:
+                        model.unmerge_adapter()
 
     base_texts = [g.text for g in outputs["base"]]
     tuned_texts = [g.text for g in outputs["tuned"]]

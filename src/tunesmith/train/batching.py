@@ -30,13 +30,30 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def micro_batches(n: int, batch_size: int, seed: int, start: int = 0) -> Iterator[tuple[int, list[int]]]:
-    """Endless (epoch, indices) micro-batches; each epoch is a fresh seeded shuffle, the tail batch kept."""
+def micro_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True, start: int = 0
+) -> Iterator[tuple[int, list[int]]]:
+    """Endless (epoch, indices) micro-batches; each epoch is a fresh seeded shuffle, the tail batch kept.
+
+    `group_by_length`: within windows of 64 batches, examples of similar length share a batch (then the
+    batches are shuffled again), so little compute goes to padding while the order stays random.
+    """
+    n = len(lengths)
     epoch = start
     while True:
         order = epoch_order(n, seed, epoch)
-        for i in range(0, n, batch_size):
-            yield epoch, order[i : i + batch_size]
+        if group_by_length:
+            window = batch_size * 64
+            grouped: list[list[int]] = []
+            for w in range(0, n, window):
+                chunk = sorted(order[w : w + window], key=lambda i: lengths[i], reverse=True)
+                grouped += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+            random.Random(seed * 7_919 + epoch).shuffle(grouped)
+            for batch in grouped:
+                yield epoch, batch
+        else:
+            for i in range(0, n, batch_size):
+                yield epoch, order[i : i + batch_size]
         epoch += 1
 
 

@@ -104,7 +104,7 @@ def train(
     steps = total_steps(cfg, len(train_set))
     warmup = int(round(tc.warmup_ratio * steps))
     pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    batches = micro_batches(len(train_set), tc.batch_size, tc.seed)
+    batches = micro_batches([len(e.input_ids) for e in train_set], tc.batch_size, tc.seed, tc.group_by_length)
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     val_losses: list[tuple[int, float]] = []
