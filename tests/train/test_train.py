@@ -61,3 +61,19 @@ def test_lora_changes_adapter_not_base_and_loss_falls(toy_config: Path, tokenize
     assert len(vals) == 3 and vals[-1] < vals[0]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert result.trainable_params < result.total_params
+
+
+def test_micro_batches_cover_each_epoch_once_and_group_lengths() -> None:
+    import itertools
+
+    from tunesmith.train.batching import micro_batches
+
+    lengths = [(i * 37) % 200 + 10 for i in range(100)]
+    first = list(itertools.islice(micro_batches(lengths, 8, seed=3), 13))
+    assert all(ep == 0 for ep, _ in first)
+    assert sorted(i for _, b in first for i in b) == list(range(100))
+    assert next(iter(micro_batches(lengths, 8, seed=3)))[1] == first[0][1]  # deterministic
+    pad = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for _, b in first)
+    ungrouped = list(itertools.islice(micro_batches(lengths, 8, seed=3, group_by_length=False), 13))
+    pad_random = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for _, b in ungrouped)
+    assert pad < pad_random / 4
