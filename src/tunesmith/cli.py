@@ -75,16 +75,37 @@ def run(config: ConfigArg, overrides: OverridesArg = None) -> None:
 
 
 @data_app.command("check")
-def data_check(config: ConfigArg, overrides: OverridesArg = None) -> None:
-    """Validate and tokenize every example and print the pre-flight summary; writes nothing."""
+def data_check(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    html: Annotated[Path | None, typer.Option(help="Also write the pre-flight page (HTML with plots) here.")] = None,
+) -> None:
+    """Validate, clean and tokenize every example and print the pre-flight summary. Exit 1 on hard errors."""
+    from tunesmith.data.report import write_preflight_html
     from tunesmith.runner import check_data
 
     cfg = _config(config, overrides)
     try:
-        check_data(cfg, console)
+        _, _, data = check_data(cfg, console)
     except (DataError, ModelError) as e:
         raise _fail(e) from None
+    if html:
+        write_preflight_html(data.preflight, html, f"{cfg.name}: pre-flight")
+        console.print(f"pre-flight page: {html}")
     console.print("[green]data OK[/green]")
+
+
+@data_app.command("prepare")
+def data_prepare(config: ConfigArg, overrides: OverridesArg = None) -> None:
+    """Check the data and write the prepared splits and pre-flight report into a new run directory."""
+    from tunesmith.runner import prepare_run
+
+    cfg = _config(config, overrides)
+    try:
+        run_dir = prepare_run(cfg, console)
+    except (DataError, ModelError) as e:
+        raise _fail(e) from None
+    print(run_dir)
 
 
 @app.command("eval")

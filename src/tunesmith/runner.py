@@ -45,7 +45,7 @@ def check_data(cfg: RunConfig, console: Console) -> tuple[str, Any, PreparedData
     return model_path, tok, data
 
 
-def run_all(cfg: RunConfig, console: Console) -> RunOutcome:
+def _start_run(cfg: RunConfig, console: Console) -> tuple[Path, str, Any, PreparedData]:
     model_path, tok, data = check_data(cfg, console)
     run_dir = new_run_dir(cfg)
     console.print(f"run directory: [bold]{run_dir}[/bold]")
@@ -53,7 +53,16 @@ def run_all(cfg: RunConfig, console: Console) -> RunOutcome:
     write_prepared(data, run_dir / "data")
     write_preflight_html(data.preflight, run_dir / "data" / "preflight.html", f"{cfg.name}: pre-flight")
     mark_stage(run_dir, "data", "done", preflight={k: v for k, v in data.preflight.items() if k != "token_lengths"})
+    return run_dir, model_path, tok, data
 
+
+def prepare_run(cfg: RunConfig, console: Console) -> Path:
+    """The data stage alone: a run directory holding the prepared splits and the pre-flight report."""
+    return _start_run(cfg, console)[0]
+
+
+def run_all(cfg: RunConfig, console: Console) -> RunOutcome:
+    run_dir, model_path, tok, data = _start_run(cfg, console)
     model = load_model(model_path)
     tuned, result = train(cfg, data, model, tok, run_dir, console)
     mark_stage(run_dir, "train", "done", train=result.as_dict())

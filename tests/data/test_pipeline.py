@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
-from helpers import make_label_rows, write_jsonl
+from helpers import make_label_rows, random_words, write_jsonl
 
 from tunesmith.config import load_config
 from tunesmith.data.pipeline import prepare, read_splits
@@ -106,7 +107,8 @@ def test_cleaning_counts_and_overlength_policies(tmp_path: Path, tiny_model_dir:
 
 
 def test_stratified_split_keeps_label_balance(tmp_path: Path, tiny_model_dir: Path) -> None:
-    rows = [{"text": f"message number {i} about topic {i % 3}", "label": ["a", "b", "c"][i % 3] if i < 90 else "d"} for i in range(100)]
+    rng = random.Random(0)
+    rows = [{"text": random_words(rng, 12), "label": ["a", "b", "c"][i % 3] if i < 90 else "d"} for i in range(100)]
     (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows))
     cfg = load_config(_cfg(tmp_path, tiny_model_dir, train="train.csv", split={"val": 0.1, "test": 0.2}))
     cs = read_splits(cfg)

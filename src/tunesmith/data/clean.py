@@ -93,12 +93,14 @@ class CleanReport:
 
 def clean_examples(examples: Sequence[Example], cfg: CleanConfig) -> tuple[list[Example], CleanReport]:
     from tunesmith.data.dedup import NearDupIndex, dedup_key
-    from tunesmith.data.pii import compile_extra_patterns, find_pii, redact
 
     report = CleanReport(input=len(examples))
     extra = cfg.pii_patterns or None
-    if extra:
-        compile_extra_patterns(extra)  # a bad user regex fails here, before any work
+    if cfg.pii != "keep":
+        from tunesmith.data.pii import compile_extra_patterns, find_pii, redact
+
+        if extra:
+            compile_extra_patterns(extra)  # a bad user regex fails here, before any work
     kinds = cfg.pii_kinds or None
     seen: dict[str, str] = {}
     near = NearDupIndex(threshold=cfg.near_dup_threshold) if cfg.near_dedup else None
