@@ -73,13 +73,19 @@ class CleanConfig(_Strict):
     )
     exact_dedup: bool = Field(True, description="Drop exact duplicates (after normalisation, case-insensitive).")
     near_dedup: bool = Field(True, description="Drop near-duplicates (MinHash LSH over the whole example).")
-    near_dup_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Estimated Jaccard similarity at which two examples are near-duplicates.")
+    near_dup_threshold: float = Field(
+        0.6,
+        gt=0.0,
+        le=1.0,
+        description="Estimated Jaccard similarity of word sets at which two examples are near-duplicates "
+        "(0.6: recall 0.99 / precision 0.99 on reworded support messages; templated data may want 0.8).",
+    )
 
 
 class ContaminationConfig(_Strict):
     """Train examples that (nearly) duplicate held-out examples inflate every eval number."""
 
-    threshold: float = Field(0.8, gt=0.0, le=1.0, description="Estimated Jaccard similarity that counts as overlap.")
+    threshold: float = Field(0.6, gt=0.0, le=1.0, description="Estimated Jaccard similarity of word sets that counts as overlap.")
     extra_eval_files: list[str] = Field(
         default_factory=list, description="Other benchmark files to keep out of training (any supported format)."
     )
