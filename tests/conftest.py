@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from helpers import make_label_rows, write_jsonl
 
 
@@ -63,10 +64,25 @@ def toy_config(tmp_path: Path, tiny_model_dir: Path) -> Path:
         "name": "toy",
         "model": str(tiny_model_dir),
         "runs_dir": str(tmp_path / "runs"),
-        "data": {"train": "data.jsonl", "system_prompt": "Route the ticket.", "split": {"val": 0.1, "test": 0.2}},
+        "data": {
+            "train": "data.jsonl",
+            "system_prompt": "Route the ticket.",
+            "split": {"val": 0.1, "test": 0.2},
+        },
         "method": {"name": "lora", "r": 8, "alpha": 16},
-        "train": {"lr": 5e-3, "max_steps": 6, "batch_size": 4, "grad_accum": 2, "max_length": 128, "eval_every": 3},
-        "eval": {"metrics": ["accuracy", "exact_match", "token_f1", "rouge_l"], "max_new_tokens": 4, "batch_size": 8},
+        "train": {
+            "lr": 5e-3,
+            "max_steps": 6,
+            "batch_size": 4,
+            "grad_accum": 2,
+            "max_length": 128,
+            "eval_every": 3,
+        },
+        "eval": {
+            "metrics": ["accuracy", "exact_match", "token_f1", "rouge_l"],
+            "max_new_tokens": 4,
+            "batch_size": 8,
+        },
     }
     path = tmp_path / "tunesmith.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")

@@ -28,7 +28,12 @@ def make_label_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     rows = []
     for i in range(n):
         q = QUEUES[i % len(QUEUES)]
-        rows.append({"instruction": f"{random_words(rng, 4)} my {words[q]} is broken {random_words(rng, 5)}", "output": q})
+        rows.append(
+            {
+                "instruction": f"{random_words(rng, 4)} my {words[q]} is broken {random_words(rng, 5)}",
+                "output": q,
+            }
+        )
     return rows
 
 

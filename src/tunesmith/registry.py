@@ -42,7 +42,11 @@ def files_hash(paths: Sequence[str]) -> str:
 def code_version() -> str:
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
         ).stdout.strip()
         return f"{__version__}+g{sha}"
     except (OSError, subprocess.CalledProcessError):

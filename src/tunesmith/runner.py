@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from tunesmith.config import RunConfig, validate_config
-from tunesmith.data.report import print_preflight, write_preflight_html
 from tunesmith.data.pipeline import PreparedData, prepare, read_prepared_examples, write_prepared
+from tunesmith.data.report import print_preflight, write_preflight_html
 from tunesmith.eval.evaluate import evaluate
 from tunesmith.eval.report import build_report
 from tunesmith.models import load_model, load_tokenizer, resolve_model
@@ -52,7 +52,9 @@ def _start_run(cfg: RunConfig, console: Console) -> tuple[Path, str, Any, Prepar
     init_manifest(run_dir, cfg, model_path)
     write_prepared(data, run_dir / "data")
     write_preflight_html(data.preflight, run_dir / "data" / "preflight.html", f"{cfg.name}: pre-flight")
-    mark_stage(run_dir, "data", "done", preflight={k: v for k, v in data.preflight.items() if k != "token_lengths"})
+    mark_stage(
+        run_dir, "data", "done", preflight={k: v for k, v in data.preflight.items() if k != "token_lengths"}
+    )
     return run_dir, model_path, tok, data
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from helpers import make_label_rows, random_words, write_jsonl
 
+from helpers import make_label_rows, random_words, write_jsonl
 from tunesmith.config import load_config
 from tunesmith.data.pipeline import prepare, read_splits
 
@@ -30,14 +30,20 @@ def _cfg(tmp_path: Path, model: Path, **data: Any) -> Path:
     return p
 
 
-def test_one_planted_error_of_each_kind_is_reported_and_nothing_written(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_one_planted_error_of_each_kind_is_reported_and_nothing_written(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     good = [json.dumps(r) for r in make_label_rows(30)]
     planted = {
         3: '{"instruction": "x", "output": "y"',  # bad_json
-        5: json.dumps({"messages": [{"role": "bot", "content": "hi"}, {"role": "assistant", "content": "x"}]}),
+        5: json.dumps(
+            {"messages": [{"role": "bot", "content": "hi"}, {"role": "assistant", "content": "x"}]}
+        ),
         7: json.dumps({"messages": [{"role": "user", "content": "only a question"}]}),
         9: json.dumps({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}]}),
-        11: json.dumps({"messages": [{"role": "user", "content": ["a", "list"]}, {"role": "assistant", "content": "x"}]}),
+        11: json.dumps(
+            {"messages": [{"role": "user", "content": ["a", "list"]}, {"role": "assistant", "content": "x"}]}
+        ),
         13: json.dumps({"instruction": "x", "output": "y", "lang": "en"}),
         15: json.dumps({"instruction": "long " * 200, "output": "y"}),
     }
@@ -47,7 +53,9 @@ def test_one_planted_error_of_each_kind_is_reported_and_nothing_written(tmp_path
     lines[16] = b'{"instruction": "caf\xe9", "output": "y"}'  # line 17: latin-1, not UTF-8
     (tmp_path / "train.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     cfg = _cfg(tmp_path, tiny_model_dir)
-    proc = subprocess.run([sys.executable, "-m", "tunesmith.cli", "run", str(cfg)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "run", str(cfg)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 1
     err = " ".join(proc.stderr.split())
     expected = {
@@ -67,9 +75,16 @@ def test_one_planted_error_of_each_kind_is_reported_and_nothing_written(tmp_path
     for n in expected:
         lines[n - 1] = good[n - 1].encode()
     (tmp_path / "train.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    proc = subprocess.run([sys.executable, "-m", "tunesmith.cli", "data", "check", str(cfg)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "data", "check", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1
-    assert "train.jsonl:15: is " in " ".join(proc.stderr.split()) and "over train.max_length=96" in proc.stderr
+    assert (
+        "train.jsonl:15: is " in " ".join(proc.stderr.split()) and "over train.max_length=96" in proc.stderr
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -84,7 +99,9 @@ def test_too_few_examples(tmp_path: Path, tiny_model_dir: Path) -> None:
         raise AssertionError("8 examples were accepted")
 
 
-def test_cleaning_counts_and_overlength_policies(tmp_path: Path, tiny_model_dir: Path, tokenizer: Any) -> None:
+def test_cleaning_counts_and_overlength_policies(
+    tmp_path: Path, tiny_model_dir: Path, tokenizer: Any
+) -> None:
     rows = make_label_rows(60)
     rows.append(dict(rows[0]))  # exact duplicate
     rows.append({**rows[1], "instruction": rows[1]["instruction"] + " "})  # duplicate after normalisation
@@ -101,14 +118,19 @@ def test_cleaning_counts_and_overlength_policies(tmp_path: Path, tiny_model_dir:
     assert len(redacted) == 1 and "<PHONE>" in redacted[0].messages[1]["content"]
     assert sum(data.preflight["overlength"][k].get("overlength_dropped", 0) for k in ("train", "test")) == 1
 
-    cfg = load_config(_cfg(tmp_path, tiny_model_dir, on_overlength="truncate", split={"val": 0.0, "test": 0.2}))
+    cfg = load_config(
+        _cfg(tmp_path, tiny_model_dir, on_overlength="truncate", split={"val": 0.0, "test": 0.2})
+    )
     data = prepare(cfg, tokenizer)
     assert max(len(e.input_ids) for e in data.train.encoded + data.test.encoded) <= 96
 
 
 def test_stratified_split_keeps_label_balance(tmp_path: Path, tiny_model_dir: Path) -> None:
     rng = random.Random(0)
-    rows = [{"text": random_words(rng, 12), "label": ["a", "b", "c"][i % 3] if i < 90 else "d"} for i in range(100)]
+    rows = [
+        {"text": random_words(rng, 12), "label": ["a", "b", "c"][i % 3] if i < 90 else "d"}
+        for i in range(100)
+    ]
     (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows))
     cfg = load_config(_cfg(tmp_path, tiny_model_dir, train="train.csv", split={"val": 0.1, "test": 0.2}))
     cs = read_splits(cfg)
@@ -135,8 +157,12 @@ def test_contaminated_test_split_is_reported_with_pairs(tmp_path: Path, tiny_mod
     write_jsonl(tmp_path / "train.jsonl", train)
     write_jsonl(tmp_path / "test.jsonl", test)
     write_jsonl(tmp_path / "val.jsonl", test[2:])
-    cfg = load_config(_cfg(tmp_path, tiny_model_dir, test="test.jsonl", val="val.jsonl", clean={"near_dedup": False}))
+    cfg = load_config(
+        _cfg(tmp_path, tiny_model_dir, test="test.jsonl", val="val.jsonl", clean={"near_dedup": False})
+    )
     cs = read_splits(cfg)
     listed = cs.report["contamination"]["listed"]
-    assert {(p["train"], p["eval"], p["split"]) for p in listed} == {("train.jsonl:6", "test.jsonl:1", "test")}
+    assert {(p["train"], p["eval"], p["split"]) for p in listed} == {
+        ("train.jsonl:6", "test.jsonl:1", "test")
+    }
     assert len(cs.train) == 39  # the train side is dropped (action: drop)

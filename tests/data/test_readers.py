@@ -11,7 +11,9 @@ from tunesmith.data.validate import load_examples
 
 def test_csv_labels_become_classification_examples(tmp_path: Path) -> None:
     p = tmp_path / "labels.csv"
-    p.write_text('text,label\n"Refund, please",billing\nLogin fails,access\n"too,many",cells,here\n', encoding="utf-8")
+    p.write_text(
+        'text,label\n"Refund, please",billing\nLogin fails,access\n"too,many",cells,here\n', encoding="utf-8"
+    )
     exs, issues = load_examples([str(p)])
     assert [(e.messages[1]["content"], e.messages[2]["content"], e.label) for e in exs] == [
         ("Refund, please", "billing", "billing"),
@@ -23,14 +25,22 @@ def test_csv_labels_become_classification_examples(tmp_path: Path) -> None:
 def test_tsv_json_array_parquet_and_text_folder(tmp_path: Path) -> None:
     (tmp_path / "a.tsv").write_text("text\tlabel\nhello\tgreeting\n", encoding="utf-8")
     (tmp_path / "b.json").write_text(json.dumps([{"instruction": "q", "output": "a"}, {"instruction": "q2"}]))
-    pq.write_table(pa.table({"prompt": ["p"], "chosen": ["good"], "rejected": ["bad"]}), tmp_path / "c.parquet")
+    pq.write_table(
+        pa.table({"prompt": ["p"], "chosen": ["good"], "rejected": ["bad"]}), tmp_path / "c.parquet"
+    )
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "one.md").write_text("# Policy\nAll refunds within 30 days.", encoding="utf-8")
     (docs / "two.txt").write_text("Chargebacks go to the risk team.", encoding="utf-8")
     exs, issues = load_examples([str(tmp_path / n) for n in ("a.tsv", "b.json", "c.parquet", "docs")])
     assert [e.kind for e in exs] == ["chat", "chat", "preference", "text", "text"]
-    assert [e.source for e in exs] == ["a.tsv:2", "b.json:1", "c.parquet:1", "docs/one.md:1", "docs/two.txt:1"]
+    assert [e.source for e in exs] == [
+        "a.tsv:2",
+        "b.json:1",
+        "c.parquet:1",
+        "docs/one.md:1",
+        "docs/two.txt:1",
+    ]
     assert exs[2].rejected == "bad" and exs[2].messages[-1]["content"] == "good"
     assert [str(i) for i in issues] == ["b.json:2: output is missing"]
 

@@ -17,7 +17,9 @@ def test_broken_line_7_is_reported_with_file_and_line(tmp_path: Path) -> None:
     examples, issues = load_examples([str(path)])
     assert len(examples) == 9
     assert len(issues) == 1
-    assert str(issues[0]).startswith("support.jsonl:7: is not valid JSON: Expecting ',' delimiter at column 3")
+    assert str(issues[0]).startswith(
+        "support.jsonl:7: is not valid JSON: Expecting ',' delimiter at column 3"
+    )
     err = DataError(issues)
     assert "support.jsonl:7" in str(err) and "bad_json (1)" in str(err)
 
@@ -27,8 +29,16 @@ def test_broken_line_7_is_reported_with_file_and_line(tmp_path: Path) -> None:
     [
         ({"messages": [{"role": "bot", "content": "x"}]}, "messages[0].role", "bad_role"),
         ({"messages": [{"role": "user", "content": "x"}]}, "messages", "missing_assistant"),
-        ({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "y"}]}, "messages[0].content", "empty_content"),
-        ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "y"}]}, "messages[0].content", "non_string_content"),
+        (
+            {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "y"}]},
+            "messages[0].content",
+            "empty_content",
+        ),
+        (
+            {"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "y"}]},
+            "messages[0].content",
+            "non_string_content",
+        ),
         ({"instruction": "x", "output": "y", "outptu": "z"}, "outptu", "unknown_key"),
         ({"instruction": "x"}, "output", "missing_field"),
         ({"text": "x"}, "", "unknown_format"),
@@ -43,7 +53,9 @@ def test_row_errors_name_the_field(row: object, field: str, kind: str) -> None:
 
 
 def test_instruction_with_input_and_system_prompt() -> None:
-    msgs = row_to_messages({"instruction": "Classify", "input": "text", "output": "pos"}, "auto", system_prompt="Be brief.")
+    msgs = row_to_messages(
+        {"instruction": "Classify", "input": "text", "output": "pos"}, "auto", system_prompt="Be brief."
+    )
     assert msgs == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Classify\n\ntext"},

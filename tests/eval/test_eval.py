@@ -10,7 +10,15 @@ from tunesmith.config import Target
 from tunesmith.data.tokenize import encode_prompt, stop_token_ids
 from tunesmith.eval.compare import compare, paired_bootstrap, target_status
 from tunesmith.eval.generate import generate
-from tunesmith.eval.metrics import exact_match, field_accuracy, json_valid, label_accuracy, rouge_l, score_all, token_f1
+from tunesmith.eval.metrics import (
+    exact_match,
+    field_accuracy,
+    json_valid,
+    label_accuracy,
+    rouge_l,
+    score_all,
+    token_f1,
+)
 from tunesmith.models import load_model
 
 

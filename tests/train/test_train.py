@@ -36,7 +36,9 @@ def test_fast_loss_equals_full_logits_loss(toy_config: Path, tokenizer: Any) -> 
     assert loss_tokens(data.train.encoded[:5]) == int((batch["labels"][:, 1:] != -100).sum())
 
 
-def test_lora_changes_adapter_not_base_and_loss_falls(toy_config: Path, tokenizer: Any, tmp_path: Path) -> None:
+def test_lora_changes_adapter_not_base_and_loss_falls(
+    toy_config: Path, tokenizer: Any, tmp_path: Path
+) -> None:
     cfg = load_config(toy_config, ["train.max_steps=12", "train.eval_every=4", "train.lr=3e-2"])
     data = prepare(cfg, tokenizer)
     model = load_model(cfg.model)

@@ -53,8 +53,13 @@ def degenerate_reason(ex: Example) -> str | None:
 
 
 def _map_texts(ex: Example, fn: Any) -> Example:
-    msgs: list[Message] = [{**m, "content": fn(m["content"])} for m in ex.messages]  # type: ignore[typeddict-item]
-    return replace(ex, messages=msgs, text=fn(ex.text) if ex.text else "", rejected=fn(ex.rejected) if ex.rejected else "")
+    msgs: list[Message] = [{**m, "content": fn(m["content"])} for m in ex.messages]
+    return replace(
+        ex,
+        messages=msgs,
+        text=fn(ex.text) if ex.text else "",
+        rejected=fn(ex.rejected) if ex.rejected else "",
+    )
 
 
 @dataclass
@@ -146,7 +151,9 @@ def clean_examples(examples: Sequence[Example], cfg: CleanConfig) -> tuple[list[
     return kept, report
 
 
-def contamination(train: Sequence[Example], others: dict[str, Sequence[Example]], threshold: float) -> list[dict[str, Any]]:
+def contamination(
+    train: Sequence[Example], others: dict[str, Sequence[Example]], threshold: float
+) -> list[dict[str, Any]]:
     """Train examples that duplicate (exactly or nearly) an example of an eval split, as named pairs."""
     from tunesmith.data.dedup import cross_contamination
 
@@ -155,6 +162,16 @@ def contamination(train: Sequence[Example], others: dict[str, Sequence[Example]]
     for split, exs in others.items():
         if not exs:
             continue
-        for ti, oi, jac in cross_contamination(train_texts, [example_text(e) for e in exs], threshold=threshold):
-            pairs.append({"split": split, "train": train[ti].source, "eval": exs[oi].source, "jaccard": round(jac, 3), "train_index": ti})
+        for ti, oi, jac in cross_contamination(
+            train_texts, [example_text(e) for e in exs], threshold=threshold
+        ):
+            pairs.append(
+                {
+                    "split": split,
+                    "train": train[ti].source,
+                    "eval": exs[oi].source,
+                    "jaccard": round(jac, 3),
+                    "train_index": ti,
+                }
+            )
     return pairs

@@ -94,7 +94,9 @@ def _text(row: dict[str, Any], key: str, *, required: bool, where: str | None = 
 def instruction_to_messages(row: dict[str, Any], system_prompt: str | None = None) -> list[Message]:
     unknown = set(row) - INSTRUCTION_KEYS
     if unknown:
-        raise RowError(sorted(unknown)[0], f"unknown key (expected {sorted(INSTRUCTION_KEYS)})", "unknown_key")
+        raise RowError(
+            sorted(unknown)[0], f"unknown key (expected {sorted(INSTRUCTION_KEYS)})", "unknown_key"
+        )
     instruction = _text(row, "instruction", required=True)
     extra = _text(row, "input", required=False)
     output = _text(row, "output", required=True)
@@ -121,7 +123,11 @@ def chat_to_messages(row: dict[str, Any], system_prompt: str | None = None) -> l
             raise RowError(where, f"must be an object, got {type(m).__name__}", "bad_message")
         unknown = set(m) - MESSAGE_KEYS
         if unknown:
-            raise RowError(f"{where}.{sorted(unknown)[0]}", f"unknown key (expected {sorted(MESSAGE_KEYS)})", "unknown_key")
+            raise RowError(
+                f"{where}.{sorted(unknown)[0]}",
+                f"unknown key (expected {sorted(MESSAGE_KEYS)})",
+                "unknown_key",
+            )
         role = m.get("role")
         if role not in ROLES:
             raise RowError(f"{where}.role", f"{role!r} is not one of {'/'.join(ROLES)}", "bad_role")
@@ -132,23 +138,35 @@ def chat_to_messages(row: dict[str, Any], system_prompt: str | None = None) -> l
         if "weight" in m:
             w = m["weight"]
             if role != "assistant" or w not in (0, 1):
-                raise RowError(f"{where}.weight", "only assistant turns take a weight, and it must be 0 or 1", "bad_weight")
+                raise RowError(
+                    f"{where}.weight",
+                    "only assistant turns take a weight, and it must be 0 or 1",
+                    "bad_weight",
+                )
             msg["weight"] = float(w)
         msgs.append(msg)
     if system_prompt and msgs[0]["role"] != "system":
         msgs.insert(0, {"role": "system", "content": system_prompt})
     if msgs[-1]["role"] != "assistant":
-        raise RowError("messages", "must end with an assistant turn (the answer to learn)", "missing_assistant")
+        raise RowError(
+            "messages", "must end with an assistant turn (the answer to learn)", "missing_assistant"
+        )
     trained = [m for m in msgs if m["role"] == "assistant" and m.get("weight", 1.0) > 0]
     if not trained:
-        raise RowError("messages", "no assistant turn is under the loss (all have weight 0)", "missing_assistant")
+        raise RowError(
+            "messages", "no assistant turn is under the loss (all have weight 0)", "missing_assistant"
+        )
     # Roles must alternate after the optional system message; templates reject anything else at render time.
     turns = msgs[1:] if msgs[0]["role"] == "system" else msgs
     for i, m in enumerate(turns):
         expected = "user" if i % 2 == 0 else "assistant"
         if m["role"] != expected:
             idx = i + (len(msgs) - len(turns))
-            raise RowError(f"messages[{idx}].role", f"expected {expected!r} (turns alternate user/assistant)", "bad_order")
+            raise RowError(
+                f"messages[{idx}].role",
+                f"expected {expected!r} (turns alternate user/assistant)",
+                "bad_order",
+            )
     return msgs
 
 
@@ -199,11 +217,13 @@ def row_to_example(row: Any, fmt: str, source: str, system_prompt: str | None = 
         chosen = _text(row, "chosen", required=True)
         rejected = _text(row, "rejected", required=True)
         if chosen.strip() == rejected.strip():
-            raise RowError("rejected", "is identical to `chosen`; a preference pair needs two different answers", "degenerate")
+            raise RowError(
+                "rejected",
+                "is identical to `chosen`; a preference pair needs two different answers",
+                "degenerate",
+            )
         system = _text(row, "system", required=False) or system_prompt
-        msgs = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt},
-            {"role": "assistant", "content": chosen},
-        ]
-        return Example(msgs, source, kind="preference", rejected=rejected)
+        pref: list[Message] = [{"role": "system", "content": system}] if system else []
+        pref += [{"role": "user", "content": prompt}, {"role": "assistant", "content": chosen}]
+        return Example(pref, source, kind="preference", rejected=rejected)
     raise RowError("", f"unknown format {kind!r} (one of {', '.join(FORMATS)})", "unknown_format")

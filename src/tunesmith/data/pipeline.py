@@ -110,7 +110,12 @@ def read_splits(cfg: RunConfig) -> CleanSplits:
     if pairs and d.contamination.action == "error":
         raise DataError(
             [
-                DataIssue(*_split_src(p["train"]), "", f"overlaps {p['split']} example {p['eval']} (Jaccard {p['jaccard']})", "contaminated")
+                DataIssue(
+                    *_split_src(p["train"]),
+                    "",
+                    f"overlaps {p['split']} example {p['eval']} (Jaccard {p['jaccard']})",
+                    "contaminated",
+                )
                 for p in pairs
             ]
         )
@@ -130,7 +135,11 @@ def _split_src(source: str) -> tuple[str, int]:
 
 
 def encode_split(
-    tok: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int, stop_ids: Sequence[int], on_overlength: str
+    tok: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    max_length: int,
+    stop_ids: Sequence[int],
+    on_overlength: str,
 ) -> tuple[list[Example], list[Encoded], list[DataIssue], Counter[str]]:
     kept: list[Example] = []
     encoded: list[Encoded] = []
@@ -140,7 +149,13 @@ def encode_split(
         file, line = _src(ex)
         if ex.kind != "chat":
             issues.append(
-                DataIssue(file, line, "", f"is a {ex.kind} row; instruction tuning trains on instruction/chat rows", "wrong_kind")
+                DataIssue(
+                    file,
+                    line,
+                    "",
+                    f"is a {ex.kind} row; instruction tuning trains on instruction/chat rows",
+                    "wrong_kind",
+                )
             )
             continue
         try:
@@ -201,7 +216,9 @@ def prepare(cfg: RunConfig, tok: PreTrainedTokenizerBase, generation_config: Any
     total = sum(len(e.input_ids) for e in tr)
     under_loss = sum(e.n_loss for e in tr)
     eos_trained = sum(
-        1 for e in tr if any(t in stops and lab != IGNORE for t, lab in zip(e.input_ids, e.labels, strict=True))
+        1
+        for e in tr
+        if any(t in stops and lab != IGNORE for t, lab in zip(e.input_ids, e.labels, strict=True))
     )
     parity_sample = splits["train"].examples[: min(len(tr), 200)]
     parity_ok = sum(1 for ex in parity_sample if render_parity(tok, ex.messages))
@@ -228,7 +245,10 @@ def write_prepared(data: PreparedData, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
         lines = [
-            json.dumps({"messages": ex.messages, "source": ex.source, **({"label": ex.label} if ex.label else {})}, ensure_ascii=False)
+            json.dumps(
+                {"messages": ex.messages, "source": ex.source, **({"label": ex.label} if ex.label else {})},
+                ensure_ascii=False,
+            )
             for ex in split.examples
         ]
         atomic_write_text(out_dir / f"{name}.jsonl", "\n".join(lines) + ("\n" if lines else ""))

@@ -54,7 +54,11 @@ def iter_rows(path: Path, display: str | None = None) -> Iterator[RawRow]:
         yield from _text_file(path, name)
     else:
         yield RawRow(
-            name, 0, issue=DataIssue(name, 0, "", f"unsupported file type {suffix!r} (use {', '.join(SUPPORTED)})", "bad_file")
+            name,
+            0,
+            issue=DataIssue(
+                name, 0, "", f"unsupported file type {suffix!r} (use {', '.join(SUPPORTED)})", "bad_file"
+            ),
         )
 
 
@@ -64,7 +68,11 @@ def _jsonl(path: Path, name: str) -> Iterator[RawRow]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield RawRow(name, lineno, issue=DataIssue(name, lineno, "", f"is not valid UTF-8 (byte {e.start})", "bad_utf8"))
+                yield RawRow(
+                    name,
+                    lineno,
+                    issue=DataIssue(name, lineno, "", f"is not valid UTF-8 (byte {e.start})", "bad_utf8"),
+                )
                 continue
             if not text.strip():
                 continue
@@ -72,7 +80,11 @@ def _jsonl(path: Path, name: str) -> Iterator[RawRow]:
                 yield RawRow(name, lineno, json.loads(text.rstrip("\r\n")))
             except json.JSONDecodeError as e:
                 yield RawRow(
-                    name, lineno, issue=DataIssue(name, lineno, "", f"is not valid JSON: {e.msg} at column {e.colno}", "bad_json")
+                    name,
+                    lineno,
+                    issue=DataIssue(
+                        name, lineno, "", f"is not valid JSON: {e.msg} at column {e.colno}", "bad_json"
+                    ),
                 )
 
 
@@ -93,10 +105,18 @@ def _json_array(path: Path, name: str) -> Iterator[RawRow]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        yield RawRow(name, e.lineno, issue=DataIssue(name, e.lineno, "", f"is not valid JSON: {e.msg} at column {e.colno}", "bad_json"))
+        yield RawRow(
+            name,
+            e.lineno,
+            issue=DataIssue(
+                name, e.lineno, "", f"is not valid JSON: {e.msg} at column {e.colno}", "bad_json"
+            ),
+        )
         return
     if not isinstance(data, list):
-        yield RawRow(name, 1, issue=DataIssue(name, 1, "", "a .json file must hold an array of examples", "bad_json"))
+        yield RawRow(
+            name, 1, issue=DataIssue(name, 1, "", "a .json file must hold an array of examples", "bad_json")
+        )
         return
     for i, row in enumerate(data, start=1):
         yield RawRow(name, i, row)
@@ -120,7 +140,9 @@ def _delimited(path: Path, name: str, delimiter: str) -> Iterator[RawRow]:
             yield RawRow(
                 name,
                 lineno,
-                issue=DataIssue(name, lineno, "", f"has {len(record)} columns, the header has {len(header)}", "bad_csv"),
+                issue=DataIssue(
+                    name, lineno, "", f"has {len(record)} columns, the header has {len(header)}", "bad_csv"
+                ),
             )
             continue
         yield RawRow(name, lineno, dict(zip(header, record, strict=True)))
@@ -130,7 +152,11 @@ def _parquet(path: Path, name: str) -> Iterator[RawRow]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        yield RawRow(name, 0, issue=DataIssue(name, 0, "", "reading Parquet needs pyarrow: pip install pyarrow", "bad_file"))
+        yield RawRow(
+            name,
+            0,
+            issue=DataIssue(name, 0, "", "reading Parquet needs pyarrow: pip install pyarrow", "bad_file"),
+        )
         return
     n = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):

@@ -69,7 +69,16 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 
 
 def clean_totals(pre: dict[str, Any]) -> dict[str, Any]:
-    keys = ("input", "normalized_changed", "degenerate", "pii_examples", "pii_dropped", "exact_duplicates", "near_duplicates", "kept")
+    keys = (
+        "input",
+        "normalized_changed",
+        "degenerate",
+        "pii_examples",
+        "pii_dropped",
+        "exact_duplicates",
+        "near_duplicates",
+        "kept",
+    )
     totals = {k: sum(r[k] for r in pre["clean"].values()) for k in keys}
     pii: dict[str, int] = {}
     for r in pre["clean"].values():
@@ -91,14 +100,23 @@ def write_preflight_html(pre: dict[str, Any], path: Path, title: str = "pre-flig
         "<h2>Examples through each step</h2>",
         _table(
             [
-                ("read (train / val / test files)", " / ".join(str(pre["read"][k]) for k in ("train", "val", "test"))),
+                (
+                    "read (train / val / test files)",
+                    " / ".join(str(pre["read"][k]) for k in ("train", "val", "test")),
+                ),
                 ("text normalised", ct["normalized_changed"]),
                 ("degenerate answers dropped", ct["degenerate"]),
-                ("examples with PII", f"{ct['pii_examples']} ({', '.join(f'{k}: {v}' for k, v in sorted(ct['pii_found'].items())) or 'none'})"),
+                (
+                    "examples with PII",
+                    f"{ct['pii_examples']} ({', '.join(f'{k}: {v}' for k, v in sorted(ct['pii_found'].items())) or 'none'})",
+                ),
                 ("dropped for PII", ct["pii_dropped"]),
                 ("exact duplicates dropped", ct["exact_duplicates"]),
                 ("near-duplicates dropped", ct["near_duplicates"]),
-                ("contaminated train examples", f"{pre['contamination']['train_examples']} ({pre['contamination']['action']})"),
+                (
+                    "contaminated train examples",
+                    f"{pre['contamination']['train_examples']} ({pre['contamination']['action']})",
+                ),
                 ("final train / val / test", f"{c['train']} / {c['val']} / {c['test']}"),
             ]
         ),
@@ -108,25 +126,40 @@ def write_preflight_html(pre: dict[str, Any], path: Path, title: str = "pre-flig
                 ("tokens per epoch (train)", f"{pre['tokens_per_epoch']:,}"),
                 ("share of tokens under the loss", f"{100 * pre['share_under_loss']:.1f}%"),
                 ("examples whose EOS is trained", f"{100 * pre['eos_trained_share']:.0f}%"),
-                ("train/serve template parity", f"{pre['template_parity']['identical']}/{pre['template_parity']['checked']}"),
+                (
+                    "train/serve template parity",
+                    f"{pre['template_parity']['identical']}/{pre['template_parity']['checked']}",
+                ),
                 ("over max_length", {k: v for k, v in pre["overlength"].items() if v} or "none"),
             ]
         ),
         f"<img alt='token lengths' src='data:image/png;base64,{length_histogram(pre['token_lengths'], pre['max_length'])}'>",
     ]
     if pre.get("labels"):
-        parts += ["<h2>Label balance</h2>", f"<img alt='labels' src='data:image/png;base64,{label_chart(pre['labels'])}'>"]
+        parts += [
+            "<h2>Label balance</h2>",
+            f"<img alt='labels' src='data:image/png;base64,{label_chart(pre['labels'])}'>",
+        ]
     listed = pre["contamination"]["listed"]
     if listed:
-        parts.append(f"<h2 class=warn>Contamination: {pre['contamination']['pairs']} pair(s)</h2><table><tr><th>train</th><th>held-out</th><th>split</th><th>Jaccard</th></tr>")
-        parts += [f"<tr><td>{html.escape(p['train'])}</td><td>{html.escape(p['eval'])}</td><td>{p['split']}</td><td>{p['jaccard']}</td></tr>" for p in listed]
+        parts.append(
+            f"<h2 class=warn>Contamination: {pre['contamination']['pairs']} pair(s)</h2><table><tr><th>train</th><th>held-out</th><th>split</th><th>Jaccard</th></tr>"
+        )
+        parts += [
+            f"<tr><td>{html.escape(p['train'])}</td><td>{html.escape(p['eval'])}</td><td>{p['split']}</td><td>{p['jaccard']}</td></tr>"
+            for p in listed
+        ]
         parts.append("</table>")
     dropped = [d for r in pre["clean"].values() for d in r["dropped_examples"]]
     if dropped:
-        parts.append("<h2>Dropped examples (first of each reason)</h2><table><tr><th>source</th><th>reason</th><th>detail</th></tr>")
+        parts.append(
+            "<h2>Dropped examples (first of each reason)</h2><table><tr><th>source</th><th>reason</th><th>detail</th></tr>"
+        )
         for d in dropped:
             detail = d.get("detail") or d.get("of") or ", ".join(d.get("kinds", []))
-            parts.append(f"<tr><td>{html.escape(d['source'])}</td><td>{d['reason']}</td><td>{html.escape(str(detail))}</td></tr>")
+            parts.append(
+                f"<tr><td>{html.escape(d['source'])}</td><td>{d['reason']}</td><td>{html.escape(str(detail))}</td></tr>"
+            )
         parts.append("</table>")
     parts.append("</body></html>")
     atomic_write_text(path, "\n".join(parts))
@@ -145,13 +178,24 @@ def print_preflight(pre: dict[str, Any], console: Console) -> None:
     )
     cont = pre["contamination"]
     style = "yellow" if cont["pairs"] else ""
-    t.add_row("contamination", f"[{style}]{cont['pairs']} train/held-out pair(s), action: {cont['action']}[/{style}]" if style else "none")
+    t.add_row(
+        "contamination",
+        f"[{style}]{cont['pairs']} train/held-out pair(s), action: {cont['action']}[/{style}]"
+        if style
+        else "none",
+    )
     lt = pre["lengths"]["train"]
-    t.add_row("tokens per example (train)", f"min {lt['min']}, mean {lt['mean']}, p95 {lt['p95']}, max {lt['max']} (max_length {pre['max_length']})")
+    t.add_row(
+        "tokens per example (train)",
+        f"min {lt['min']}, mean {lt['mean']}, p95 {lt['p95']}, max {lt['max']} (max_length {pre['max_length']})",
+    )
     over = {k: v for k, v in pre["overlength"].items() if v}
     if over:
         t.add_row("over max_length", str(over))
-    t.add_row("tokens per epoch", f"{pre['tokens_per_epoch']:,} ({100 * pre['share_under_loss']:.1f}% under the loss)")
+    t.add_row(
+        "tokens per epoch",
+        f"{pre['tokens_per_epoch']:,} ({100 * pre['share_under_loss']:.1f}% under the loss)",
+    )
     t.add_row("EOS trained", f"{100 * pre['eos_trained_share']:.0f}% of examples")
     tp = pre["template_parity"]
     t.add_row("train/serve template parity", f"{tp['identical']}/{tp['checked']} identical token ids")

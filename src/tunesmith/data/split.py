@@ -10,7 +10,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def _cut(indices: list[int], val: float, test: float, rng: random.Random) -> tuple[list[int], list[int], list[int]]:
+def _cut(
+    indices: list[int], val: float, test: float, rng: random.Random
+) -> tuple[list[int], list[int], list[int]]:
     rng.shuffle(indices)
     n_test = round(len(indices) * test)
     n_val = round(len(indices) * val)
@@ -26,10 +28,10 @@ def split_three(
     splits. Items keep their input order inside each split.
     """
     rng = random.Random(seed)
+    groups: dict[object, list[int]] = defaultdict(list)
     if stratify_by is None:
-        groups = {None: list(range(len(items)))}
+        groups[None] = list(range(len(items)))
     else:
-        groups = defaultdict(list)
         for i, it in enumerate(items):
             groups[stratify_by(it)].append(i)
     tr: list[int] = []

@@ -53,7 +53,9 @@ def _strip(messages: Sequence[Message]) -> list[dict[str, str]]:
 
 
 def render(tok: PreTrainedTokenizerBase, messages: Sequence[Message], add_generation_prompt: bool) -> str:
-    text = tok.apply_chat_template(_strip(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    text = tok.apply_chat_template(
+        _strip(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+    )
     assert isinstance(text, str)
     return text
 
@@ -96,7 +98,10 @@ def _ids(tok: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 
 def encode_chat(
-    tok: PreTrainedTokenizerBase, messages: Sequence[Message], max_length: int, stop_ids: Sequence[int] | None = None
+    tok: PreTrainedTokenizerBase,
+    messages: Sequence[Message],
+    max_length: int,
+    stop_ids: Sequence[int] | None = None,
 ) -> Encoded:
     stops = set(stop_ids if stop_ids is not None else stop_token_ids(tok))
     input_ids: list[int] = []
@@ -131,7 +136,7 @@ def encode_prompt(tok: PreTrainedTokenizerBase, messages: Sequence[Message]) -> 
         messages = messages[:-1]
     segs = segments(tok, [*messages, {"role": "assistant", "content": "x"}])
     ids: list[int] = []
-    for text, trained in segs[:-1]:
+    for text, _ in segs[:-1]:
         ids += _ids(tok, text)
     return ids
 

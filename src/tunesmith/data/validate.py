@@ -91,5 +91,7 @@ def load_examples(
 
 def check_count(examples: Sequence[Example], split: str, minimum: int = MIN_EXAMPLES) -> list[DataIssue]:
     if len(examples) < minimum:
-        return [DataIssue(split, 0, "", f"has {len(examples)} examples; at least {minimum} are needed", "too_few")]
+        return [
+            DataIssue(split, 0, "", f"has {len(examples)} examples; at least {minimum} are needed", "too_few")
+        ]
     return []

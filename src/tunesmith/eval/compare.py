@@ -51,14 +51,20 @@ def target_status(target: Target, value: float, ci: tuple[float, float]) -> str:
 
 
 def compare(
-    base_scores: dict[str, list[float]], tuned_scores: dict[str, list[float]], targets: Sequence[Target], seed: int = 0
+    base_scores: dict[str, list[float]],
+    tuned_scores: dict[str, list[float]],
+    targets: Sequence[Target],
+    seed: int = 0,
 ) -> list[MetricComparison]:
     by_metric = {t.metric: t for t in targets}
     rows = []
     for metric, tuned in tuned_scores.items():
         base = base_scores[metric]
         delta_ci, tuned_ci = paired_bootstrap(base, tuned, seed=seed)
-        b, t = float(np.mean(base)) if base else float("nan"), float(np.mean(tuned)) if tuned else float("nan")
+        b, t = (
+            float(np.mean(base)) if base else float("nan"),
+            float(np.mean(tuned)) if tuned else float("nan"),
+        )
         target = by_metric.get(metric)
         rows.append(
             MetricComparison(

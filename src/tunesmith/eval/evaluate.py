@@ -18,7 +18,6 @@ from tunesmith.eval.generate import Generation, generate
 from tunesmith.eval.metrics import score_all
 from tunesmith.io import atomic_write_json, atomic_write_text
 
-
 _MERGEABLE = {"LORA"}
 
 
@@ -46,7 +45,11 @@ def evaluate(
 
     outputs: dict[str, list[Generation]] = {}
     with Progress(
-        TextColumn("[bold]eval {task.description}[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        TextColumn("[bold]eval {task.description}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
     ) as progress:
         for which in ("base", "tuned"):
             task = progress.add_task(which, total=len(prompts))
@@ -56,15 +59,21 @@ def evaluate(
 
             if which == "base":
                 with model.disable_adapter():
-                    outputs[which] = generate(model, tok, prompts, ec.max_new_tokens, ec.batch_size, stops, advance)
+                    outputs[which] = generate(
+                        model, tok, prompts, ec.max_new_tokens, ec.batch_size, stops, advance
+                    )
             else:
                 # Merged LoRA weights decode faster (no extra matmuls per layer) and are what an exported
                 # model serves; the adapter is saved already, and unmerging restores the base for reuse.
-                mergeable = hasattr(model, "merge_adapter") and getattr(model, "peft_type", None) in _MERGEABLE
+                mergeable = (
+                    hasattr(model, "merge_adapter") and getattr(model, "peft_type", None) in _MERGEABLE
+                )
                 if mergeable:
                     model.merge_adapter()
                 try:
-                    outputs[which] = generate(model, tok, prompts, ec.max_new_tokens, ec.batch_size, stops, advance)
+                    outputs[which] = generate(
+                        model, tok, prompts, ec.max_new_tokens, ec.batch_size, stops, advance
+                    )
                 finally:
                     if mergeable:
                         model.unmerge_adapter()
@@ -85,12 +94,12 @@ def evaluate(
                 "reference": refs[i],
                 "base": base_texts[i],
                 "tuned": tuned_texts[i],
-                "scores": {
-                    m: {"base": base_scores[m][i], "tuned": tuned_scores[m][i]} for m in tuned_scores
-                },
+                "scores": {m: {"base": base_scores[m][i], "tuned": tuned_scores[m][i]} for m in tuned_scores},
             }
         )
-    atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
+    atomic_write_text(
+        out_dir / "predictions.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds)
+    )
     failed = [r.metric for r in rows if r.status == "FAIL"]
     result = {
         "n_examples": len(examples),

@@ -57,7 +57,9 @@ def generate(
                 new = out[row, width:].tolist()
                 cut = next((k for k, x in enumerate(new) if x in stop_ids), len(new))
                 text = tok.decode(new[:cut], skip_special_tokens=True)
-                results[i] = Generation(text=text.strip(), new_tokens=cut, seconds=dt, batch=start // batch_size)
+                results[i] = Generation(
+                    text=text.strip(), new_tokens=cut, seconds=dt, batch=start // batch_size
+                )
             if on_batch:
                 on_batch(len(idx))
     model.train(was_training)

@@ -87,13 +87,17 @@ SIMPLE: dict[str, Callable[[str, str], float]] = {
 }
 
 
-def score_all(metrics: Sequence[str], json_fields: Sequence[str], preds: Sequence[str], refs: Sequence[str]) -> dict[str, list[float]]:
+def score_all(
+    metrics: Sequence[str], json_fields: Sequence[str], preds: Sequence[str], refs: Sequence[str]
+) -> dict[str, list[float]]:
     """metric name -> per-example scores, in the order of `preds`."""
     out: dict[str, list[float]] = {}
     for m in metrics:
         if m == "field_accuracy":
             for f in json_fields:
-                out[f"field_accuracy.{f}"] = [field_accuracy(p, r, f) for p, r in zip(preds, refs, strict=True)]
+                out[f"field_accuracy.{f}"] = [
+                    field_accuracy(p, r, f) for p, r in zip(preds, refs, strict=True)
+                ]
         else:
             fn = SIMPLE[m]
             out[m] = [fn(p, r) for p, r in zip(preds, refs, strict=True)]

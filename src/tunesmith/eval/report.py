@@ -70,15 +70,23 @@ pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:.82rem;font-fa
 
 def build_report(run_dir: Path, title: str | None = None) -> Path:
     """Write report.html (and loss.png) from the run directory's artifacts; return the page's path."""
-    manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").is_file() else {}
-    ev = json.loads((run_dir / "eval" / "eval.json").read_text()) if (run_dir / "eval" / "eval.json").is_file() else None
+    manifest = (
+        json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").is_file() else {}
+    )
+    ev = (
+        json.loads((run_dir / "eval" / "eval.json").read_text())
+        if (run_dir / "eval" / "eval.json").is_file()
+        else None
+    )
     records = read_metrics(run_dir / "metrics.jsonl")
     png = loss_plot_png(records)
     if png:
         atomic_write_bytes(run_dir / "loss.png", png)
     primary = ev["primary_metric"] if ev else None
 
-    parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title or run_dir.name)}</title>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title or run_dir.name)}</title>"
+    ]
     parts.append(f"<style>{CSS}</style></head><body>")
     parts.append(f"<h1>{html.escape(title or run_dir.name)}</h1>")
     parts.append(
@@ -125,7 +133,9 @@ def build_report(run_dir: Path, title: str | None = None) -> Path:
         if sp:
             parts.append(
                 "<p class=kv>Generation: base {b[tokens_per_s]} tok/s, {b[mean_new_tokens]} tokens per answer; "
-                "tuned {t[tokens_per_s]} tok/s, {t[mean_new_tokens]} tokens per answer.</p>".format(b=sp["base"], t=sp["tuned"])
+                "tuned {t[tokens_per_s]} tok/s, {t[mean_new_tokens]} tokens per answer.</p>".format(
+                    b=sp["base"], t=sp["tuned"]
+                )
             )
 
     parts.append("<h2>Training</h2>")
@@ -148,10 +158,14 @@ def build_report(run_dir: Path, title: str | None = None) -> Path:
 
     preds_path = run_dir / "eval" / "predictions.jsonl"
     if ev and preds_path.is_file():
-        preds = [json.loads(line) for line in preds_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        preds = [
+            json.loads(line) for line in preds_path.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
         n = int(manifest.get("samples_in_report", 12))
         parts.append(f"<h2>Sample outputs ({min(n, len(preds))} of {len(preds)})</h2>")
-        parts.append("<table class=samples><tr><th>input</th><th>reference</th><th>base</th><th>tuned</th></tr>")
+        parts.append(
+            "<table class=samples><tr><th>input</th><th>reference</th><th>base</th><th>tuned</th></tr>"
+        )
         for p in preds[:n]:
             s = p["scores"].get(primary, {}) if primary else {}
             bcls = "good" if s.get("base") else "bad"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.data.tokenize import IGNORE, Encoded
 
@@ -78,7 +78,7 @@ def loss_tokens(batch: Sequence[Encoded]) -> int:
     return sum(sum(1 for lab in e.labels[1:] if lab != IGNORE) for e in batch)
 
 
-def _causal_lm(model: nn.Module) -> nn.Module:
+def _causal_lm(model: nn.Module) -> Any:
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
 
@@ -98,7 +98,9 @@ def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], fast: bool 
     if fast:
         lm = _causal_lm(model)
         decoder = getattr(lm, lm.base_model_prefix)
-        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = decoder(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
         logits = lm.get_output_embeddings()(hidden[:, :-1][keep])
         cap = getattr(lm.config, "final_logit_softcapping", None)
         if cap:

@@ -17,12 +17,12 @@ def apply_method(model: nn.Module, method: MethodConfig) -> nn.Module:
         target = method.target_modules
         cfg = LoraConfig(
             r=method.r,
-            lora_alpha=method.alpha,
+            lora_alpha=method.alpha,  # type: ignore[arg-type]  # peft annotates int; floats work
             lora_dropout=method.dropout,
             target_modules=target if target == "all-linear" else list(target),
             task_type=TaskType.CAUSAL_LM,
         )
-        return get_peft_model(model, cfg)  # type: ignore[arg-type]
+        return get_peft_model(model, cfg)
     raise ValueError(f"unknown method {method.name!r}")
 
 
