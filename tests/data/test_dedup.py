@@ -9,6 +9,7 @@ from itertools import combinations
 import pytest
 from fixtures_gen import NearDupFixture, near_dup_fixture, reword
 
+from tunesmith.data import dedup
 from tunesmith.data.dedup import (
     DEFAULT_THRESHOLD,
     NearDupIndex,
@@ -242,6 +243,42 @@ def test_find_near_duplicates_edge_inputs() -> None:
 def test_find_near_duplicates_is_deterministic(fixture: NearDupFixture) -> None:
     sample = fixture.texts[:400]
     assert find_near_duplicates(sample) == find_near_duplicates(list(sample))
+
+
+def test_helper_process_path_gives_identical_results(
+    fixture: NearDupFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = fixture.texts[:1500]
+    expected = find_near_duplicates(texts)
+    expected_cross = cross_contamination(texts[:700], texts[700:])
+    monkeypatch.setattr(dedup, "_PARALLEL_MIN_TEXTS", 1)
+    monkeypatch.setattr(dedup, "_CHUNK", 200)
+    monkeypatch.setattr(dedup, "_usable_cpus", lambda: 2)
+    assert find_near_duplicates(texts) == expected
+    assert cross_contamination(texts[:700], texts[700:]) == expected_cross
+
+
+def test_helper_process_failure_falls_back_to_this_process(
+    fixture: NearDupFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = fixture.texts[:300]
+    expected = find_near_duplicates(texts)
+
+    class Broken:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def submit(self, *args: object, **kwargs: object) -> object:
+            raise RuntimeError("cannot start a process here")
+
+        def shutdown(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    monkeypatch.setattr(dedup, "_PARALLEL_MIN_TEXTS", 1)
+    monkeypatch.setattr(dedup, "_CHUNK", 64)
+    monkeypatch.setattr(dedup, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(dedup, "ProcessPoolExecutor", Broken)
+    assert find_near_duplicates(texts) == expected
 
 
 # --------------------------------------------------------------------------------------------------------

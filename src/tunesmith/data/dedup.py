@@ -36,11 +36,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import multiprocessing
+import os
 import re
 import unicodedata
 import zlib
 from array import array
-from collections.abc import Hashable, Iterable, Sequence
+from collections import deque
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,10 +134,95 @@ def shingles(text: str, n: int = 1) -> set[bytes]:
     return {" ".join(words[i : i + n]).encode("utf-8") for i in range(len(words) - n + 1)}
 
 
+# Inputs at least this long get their signatures computed in a helper process (one core hashes while the
+# other runs the LSH); below it, starting the process (~1 s) would cost more than it saves.
+_PARALLEL_MIN_TEXTS = 50_000
+_CHUNK = 4096
+_IN_FLIGHT = 4  # chunks submitted ahead; bounds the memory held by finished but unconsumed results
+
+
 def _prepare(text: str) -> tuple[bytes, set[bytes]]:
     # One normalisation pass serves both the exact key and the shingles.
     folded = normalize_text(text).casefold()
     return _digest(folded), {w.encode("utf-8") for w in _content_words(folded)}
+
+
+def _sketch_chunk(texts: list[str], num_perm: int, seed: int) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+    """Exact-key digests, MinHash signatures and a has-words mask for a chunk of texts.
+
+    Module-level so that a helper process can run it; the in-process path runs the same code, so both
+    give identical results.
+    """
+    mh = MinHash(num_perm=num_perm, seed=seed, hashfunc=zlib.crc32)
+    digests: list[bytes] = []
+    sigs = np.empty((len(texts), num_perm), dtype=np.uint32)
+    has_words = np.zeros(len(texts), dtype=bool)
+    for k, text in enumerate(texts):
+        digest, tokens = _prepare(text)
+        digests.append(digest)
+        if tokens:
+            mh.clear()
+            mh.update_batch(tokens)
+            sigs[k] = mh.hashvalues
+            has_words[k] = True
+    return digests, sigs, has_words
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # honours taskset and cgroup CPU pinning
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _signature_stream(
+    texts: Sequence[str], num_perm: int, seed: int
+) -> Iterator[tuple[bytes, np.ndarray | None]]:
+    """(exact-key digest, signature or None for a text without words) per text, in order.
+
+    Large inputs are hashed in one helper process, a few chunks ahead of the consumer; if a process cannot
+    be started or dies, the remaining chunks are computed here.
+    """
+    n = len(texts)
+    starts = range(0, n, _CHUNK)
+
+    def chunk(i: int) -> list[str]:
+        return [texts[j] for j in range(i, min(i + _CHUNK, n))]
+
+    pool: ProcessPoolExecutor | None = None
+    if n >= _PARALLEL_MIN_TEXTS and _usable_cpus() >= 2:
+        try:
+            # spawn, not fork: forking a process that may hold threads (torch, tokenizers) is unsafe.
+            pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        except (OSError, RuntimeError):
+            pool = None
+    pending: deque[Future[tuple[list[bytes], np.ndarray, np.ndarray]]] = deque()
+    try:
+        next_start = iter(starts)
+        if pool is not None:
+            for i in next_start:
+                pending.append(pool.submit(_sketch_chunk, chunk(i), num_perm, seed))
+                if len(pending) == _IN_FLIGHT:
+                    break
+        for i in starts:
+            result = None
+            if pool is not None:
+                try:
+                    result = pending.popleft().result()
+                    following = next(next_start, None)
+                    if following is not None:
+                        pending.append(pool.submit(_sketch_chunk, chunk(following), num_perm, seed))
+                except Exception:  # a broken pool: finish in this process
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = None
+            if result is None:
+                result = _sketch_chunk(chunk(i), num_perm, seed)
+            digests, sigs, has_words = result
+            for k, digest in enumerate(digests):
+                yield digest, sigs[k] if has_words[k] else None
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _CompactSetStorage(UnorderedStorage):
@@ -285,6 +374,12 @@ class NearDupIndex:
         found.sort(key=lambda t: (-t[1], t[0]))
         return found
 
+    def _wrap(self, signature: np.ndarray) -> MinHash:
+        # MinHashLSH reads only `hashvalues` (and the scheme); lending our MinHash a precomputed signature
+        # avoids constructing an object per text. Valid until the next _sketch/_wrap call.
+        self._mh.hashvalues = signature
+        return self._mh
+
     def _reserve(self, rows: int) -> None:
         # np.empty only reserves address space; pages become resident as rows are written, so reserving
         # for a whole known-size input costs memory only for the texts actually indexed.
@@ -333,22 +428,22 @@ def find_near_duplicates(
     Each later text is reported once, against its best earlier match (the earliest on ties). Exact
     duplicates (equal `dedup_key`) are reported with 1.0 against their first occurrence and are not
     indexed again, so memory grows with the number of distinct texts (about 2.4 KB each at the defaults;
-    the texts themselves are not kept). Texts are processed as a stream, one at a time.
+    the texts themselves are not kept). Inputs of 50,000 texts or more are hashed in a helper process
+    while this one runs the LSH index, so a run uses two cores.
     """
     index = NearDupIndex(threshold=threshold, num_perm=num_perm)
     index._reserve(len(texts))
     first_seen: dict[bytes, int] = {}
     row_to_text = array("q")
     out: list[tuple[int, int, float]] = []
-    for i, text in enumerate(texts):
-        digest, tokens = _prepare(text)
+    for i, (digest, signature) in enumerate(_signature_stream(texts, num_perm, index.seed)):
         earlier = first_seen.setdefault(digest, i)
         if earlier != i:
             out.append((earlier, i, 1.0))
             continue
-        mh = index._sketch(tokens)
-        if mh is None:
+        if signature is None:
             continue
+        mh = index._wrap(signature)
         found = index._matches(mh)
         index._insert(mh)
         row_to_text.append(i)
@@ -371,21 +466,17 @@ def cross_contamination(
     index._reserve(len(train))
     by_digest: dict[bytes, list[int]] = {}
     row_to_train = array("q")
-    for i, text in enumerate(train):
-        digest, tokens = _prepare(text)
+    for i, (digest, signature) in enumerate(_signature_stream(train, num_perm, index.seed)):
         by_digest.setdefault(digest, []).append(i)
-        mh = index._sketch(tokens)
-        if mh is not None:
-            index._insert(mh)
+        if signature is not None:
+            index._insert(index._wrap(signature))
             row_to_train.append(i)
     hits: dict[tuple[int, int], float] = {}
-    for j, text in enumerate(other):
-        digest, tokens = _prepare(text)
+    for j, (digest, signature) in enumerate(_signature_stream(other, num_perm, index.seed)):
         for i in by_digest.get(digest, ()):
             hits[(i, j)] = 1.0
-        mh = index._sketch(tokens)
-        if mh is None:
+        if signature is None:
             continue
-        for row, est in index._matches(mh):
+        for row, est in index._matches(index._wrap(signature)):
             hits.setdefault((row_to_train[row], j), est)
     return [(i, j, est) for (i, j), est in sorted(hits.items())]
