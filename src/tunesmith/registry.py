@@ -30,12 +30,16 @@ def new_run_dir(cfg: RunConfig) -> Path:
 
 
 def files_hash(paths: Sequence[str]) -> str:
+    """Content hash of every data file (folders: each supported file in them), in a stable order."""
+    from tunesmith.data.readers import iter_files
+
     h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(Path(p).name.encode())
-        with open(p, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
+    for root in sorted(paths):
+        for path in iter_files(Path(root)):
+            h.update(path.name.encode())
+            with path.open("rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
     return h.hexdigest()
 
 

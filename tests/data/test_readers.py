@@ -50,3 +50,15 @@ def test_preference_pair_must_differ(tmp_path: Path) -> None:
     p.write_text(json.dumps({"prompt": "p", "chosen": "same", "rejected": "same"}) + "\n")
     _, issues = load_examples([str(p)])
     assert [(i.line, i.field, i.kind) for i in issues] == [(1, "rejected", "degenerate")]
+
+
+def test_data_hash_covers_folders_and_changes_with_content(tmp_path: Path) -> None:
+    from tunesmith.registry import files_hash
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("one")
+    first = files_hash([str(docs)])
+    assert files_hash([str(docs)]) == first
+    (docs / "a.txt").write_text("two")
+    assert files_hash([str(docs)]) != first
