@@ -344,6 +344,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--steps", help="comma-separated subset of steps to (re)run, merged into --out")
     parser.add_argument("--dedup-child", nargs=2, metavar=("CORPUS", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--helper", choices=("auto", "on", "off"), default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -372,6 +373,14 @@ def main() -> None:
             lambda: helper_comparison(sizes[-2] if len(sizes) > 1 else sizes[0]),
         ),
     ]
+    if args.steps:
+        wanted = set(args.steps.split(","))
+        unknown = wanted - {name for name, _ in steps}
+        if unknown:
+            parser.error(f"unknown steps: {', '.join(sorted(unknown))}")
+        steps = [(name, step) for name, step in steps if name in wanted]
+        if args.out.exists():  # re-measure some steps, keep the others from the previous run
+            results = {**json.loads(args.out.read_text()), "machine": results["machine"]}
     for name, step in steps:
         print(f"{name} ...", flush=True)
         results[name] = step()

@@ -135,7 +135,8 @@ def shingles(text: str, n: int = 1) -> set[bytes]:
 
 
 # Inputs at least this long get their signatures computed in a helper process (one core hashes while the
-# other runs the LSH); below it, starting the process (~1 s) would cost more than it saves.
+# other runs the LSH); below it, starting the process (a second or more: the child imports numpy and
+# datasketch) would cost more than it saves.
 _PARALLEL_MIN_TEXTS = 50_000
 _CHUNK = 4096
 _IN_FLIGHT = 4  # chunks submitted ahead; bounds the memory held by finished but unconsumed results
