@@ -55,8 +55,9 @@ class CleanSplits:
     report: dict[str, Any]
 
 
-def _src(ex: Example) -> tuple[str, int]:
-    file, _, line = ex.source.rpartition(":")
+def _src(source: str) -> tuple[str, int]:
+    """'file.jsonl:7' -> ('file.jsonl', 7)."""
+    file, _, line = source.rpartition(":")
     return file, int(line)
 
 
@@ -111,7 +112,7 @@ def read_splits(cfg: RunConfig) -> CleanSplits:
         raise DataError(
             [
                 DataIssue(
-                    *_split_src(p["train"]),
+                    *_src(p["train"]),
                     "",
                     f"overlaps {p['split']} example {p['eval']} (Jaccard {p['jaccard']})",
                     "contaminated",
@@ -129,11 +130,6 @@ def read_splits(cfg: RunConfig) -> CleanSplits:
     return CleanSplits(train, val, test, report)
 
 
-def _split_src(source: str) -> tuple[str, int]:
-    file, _, line = source.rpartition(":")
-    return file, int(line)
-
-
 def encode_split(
     tok: PreTrainedTokenizerBase,
     examples: Sequence[Example],
@@ -146,7 +142,7 @@ def encode_split(
     issues: list[DataIssue] = []
     counts: Counter[str] = Counter()
     for ex in examples:
-        file, line = _src(ex)
+        file, line = _src(ex.source)
         if ex.kind != "chat":
             issues.append(
                 DataIssue(
