@@ -6,12 +6,27 @@ wheel), so tests exercise the real template and special tokens while the model s
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from helpers import make_label_rows, write_jsonl
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_prepared_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # Prepared-data cache entries of one test session must not leak into the user's cache or later sessions;
+    # set in os.environ so that CLI subprocesses inherit it.
+    old = os.environ.get("TUNESMITH_PREPARED_DIR")
+    os.environ["TUNESMITH_PREPARED_DIR"] = str(tmp_path_factory.mktemp("prepared-cache"))
+    yield
+    if old is None:
+        os.environ.pop("TUNESMITH_PREPARED_DIR", None)
+    else:
+        os.environ["TUNESMITH_PREPARED_DIR"] = old
 
 
 @pytest.fixture(scope="session")

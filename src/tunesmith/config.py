@@ -149,6 +149,11 @@ class DataConfig(_Strict):
         "error",
         description="Examples longer than train.max_length: `error` (list them), `drop` or `truncate` them (counted).",
     )
+    cache: bool = Field(
+        True,
+        description="Reuse prepared splits when the data files' contents, these settings, train.max_length, the "
+        "tokenizer and the data-stage code are all unchanged (kept under $TUNESMITH_HOME/prepared/).",
+    )
 
     @field_validator("train", "val", "test", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunesmith.config import RunConfig, validate_config
+from tunesmith.data import cache as data_cache
 from tunesmith.data.pipeline import PreparedData, prepare, read_prepared_examples, write_prepared
 from tunesmith.data.report import print_preflight, write_preflight_html
 from tunesmith.eval.evaluate import evaluate
@@ -40,7 +41,16 @@ def check_data(cfg: RunConfig, console: Console) -> tuple[str, Any, PreparedData
         gen_cfg = GenerationConfig.from_pretrained(model_path)
     except OSError:
         gen_cfg = None
-    data = prepare(cfg, tok, gen_cfg)
+    key = data_cache.cache_key(cfg, model_path)
+    cached = data_cache.load(key) if cfg.data.cache else None
+    if cached is not None:
+        data = cached
+        console.print(f"data: unchanged since a previous run, prepared splits reused (cache {key})")
+    else:
+        data = prepare(cfg, tok, gen_cfg)
+        data.preflight["cache"] = {"hit": False, "key": key}
+        if cfg.data.cache:
+            data_cache.save(data, key)
     print_preflight(data.preflight, console)
     return model_path, tok, data
 

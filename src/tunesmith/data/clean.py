@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from array import array
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import numpy as np
 
 from tunesmith.config import CleanConfig
 from tunesmith.data.formats import Example, Message
@@ -40,6 +43,14 @@ def example_text(ex: Example) -> str:
     return "\n".join(p for p in parts if p)
 
 
+def dedup_text(ex: Example) -> str:
+    """What duplicate and contamination checks compare: every turn but the system prompt, which is usually
+    one boilerplate shared by all examples (it would make unrelated examples look alike), plus raw text and
+    the rejected answer."""
+    parts = [m["content"] for m in ex.messages if m.get("role") != "system"] + [ex.text, ex.rejected]
+    return "\n".join(p for p in parts if p)
+
+
 def degenerate_reason(ex: Example) -> str | None:
     answer = ex.text if ex.kind == "text" else (ex.messages[-1]["content"] if ex.messages else "")
     if not answer.strip():
@@ -63,6 +74,50 @@ def _map_texts(ex: Example, fn: Any) -> Example:
 
 
 @dataclass
+class Cleaned:
+    """What the per-example steps (normalise, degenerate, PII) did to one example."""
+
+    example: Example | None  # None: dropped
+    changed: bool = False
+    degenerate: str | None = None
+    pii: list[str] = field(default_factory=list)
+
+
+class ExampleCleaner:
+    """The per-example cleaning steps: pure, so a worker process can run them on a chunk of rows."""
+
+    def __init__(self, cfg: CleanConfig):
+        self.cfg = cfg
+        self.extra = dict(cfg.pii_patterns) or None
+        self.kinds = cfg.pii_kinds or None
+        if cfg.pii != "keep" and self.extra:
+            from tunesmith.data.pii import compile_extra_patterns
+
+            compile_extra_patterns(self.extra)  # a bad user regex fails here, before any work
+
+    def __call__(self, ex: Example) -> Cleaned:
+        cfg = self.cfg
+        out = Cleaned(ex)
+        if cfg.normalize:
+            cleaned = _map_texts(ex, clean_text)
+            out.changed = cleaned != ex
+            ex = cleaned
+        if cfg.drop_degenerate and (why := degenerate_reason(ex)):
+            return Cleaned(None, out.changed, why)
+        if cfg.pii != "keep":
+            from tunesmith.data.pii import find_pii, redact
+
+            kinds, extra = self.kinds, self.extra
+            out.pii = [m.kind for part in example_text(ex).split("\n") for m in find_pii(part, kinds, extra)]
+            if out.pii:
+                if cfg.pii == "drop":
+                    return Cleaned(None, out.changed, None, out.pii)
+                ex = _map_texts(ex, lambda t: redact(t, kinds, extra)[0])
+        out.example = ex
+        return out
+
+
+@dataclass
 class CleanReport:
     input: int = 0
     normalized_changed: int = 0
@@ -75,10 +130,38 @@ class CleanReport:
     kept: int = 0
     dropped: list[dict[str, Any]] = field(default_factory=list)  # first SHOW of each reason
     near_pairs: list[dict[str, Any]] = field(default_factory=list)
+    _shown: Counter[str] = field(default_factory=Counter, repr=False)
 
-    def note_drop(self, ex: Example, reason: str, **extra: Any) -> None:
-        if sum(1 for d in self.dropped if d["reason"] == reason) < SHOW:
-            self.dropped.append({"source": ex.source, "reason": reason, **extra})
+    def note_drop(self, source: str, reason: str, **extra: Any) -> None:
+        if self._shown[reason] < SHOW:
+            self._shown[reason] += 1
+            self.dropped.append({"source": source, "reason": reason, **extra})
+
+    def record(
+        self, source: str, changed: bool, degenerate: str | None, pii: Sequence[str], kept: bool
+    ) -> None:
+        """Count what the per-example steps (`ExampleCleaner`) did to one example."""
+        self.input += 1
+        self.normalized_changed += changed
+        if degenerate:
+            self.degenerate += 1
+            self.note_drop(source, "degenerate", detail=degenerate)
+        if pii:
+            self.pii_examples += 1
+            self.pii_found.update(pii)
+            if not kept:
+                self.pii_dropped += 1
+                self.note_drop(source, "pii", kinds=sorted(set(pii)))
+
+    def record_duplicate(self, source: str, reason: str, of: str, jaccard: float) -> None:
+        if reason == "exact_duplicate":
+            self.exact_duplicates += 1
+            self.note_drop(source, reason, of=of)
+        else:
+            self.near_duplicates += 1
+            self.note_drop(source, reason, of=of, jaccard=round(jaccard, 3))
+            if len(self.near_pairs) < SHOW:
+                self.near_pairs.append({"kept": of, "dropped": source, "jaccard": round(jaccard, 3)})
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -96,82 +179,86 @@ class CleanReport:
         }
 
 
+class Deduper:
+    """Exact and near-duplicate decisions against the examples kept so far, in input order.
+
+    A dropped duplicate is not indexed: an example is dropped only for resembling one that stays, and
+    memory grows with the kept examples. Kept examples are numbered 0, 1, ... in order; for each, the
+    exact digest and (if it has words) its signature row stay available for the contamination check.
+    """
+
+    def __init__(self, cfg: CleanConfig):
+        from tunesmith.data.dedup import NearDupIndex
+
+        self.exact = cfg.exact_dedup
+        self.near = NearDupIndex(threshold=cfg.near_dup_threshold) if cfg.near_dedup else None
+        self.num_perm = self.near.num_perm if self.near else 128
+        self.first: dict[bytes, int] = {}  # digest -> first kept example with it
+        self.digests = bytearray()  # 16 bytes per kept example
+        self.rows = array("q")  # kept example -> signature row, -1 without words
+        self.row_to_kept = array("q")
+        self.kept = 0
+        # Without near-dedup the signatures are still kept (for the contamination check) in a plain array.
+        self._sigs = np.empty((0, self.num_perm), dtype=np.uint32)
+        self._n_sigs = 0
+
+    def check(self, digest: bytes, signature: np.ndarray | None) -> tuple[str, int, float] | None:
+        """None when the example is kept (it becomes kept example `self.kept - 1`); otherwise (reason,
+        kept example it duplicates, Jaccard estimate)."""
+        if self.exact and (earlier := self.first.get(digest)) is not None:
+            return "exact_duplicate", earlier, 1.0
+        row = -1
+        if self.near is not None and signature is not None:
+            found = self.near.match_signature(signature)
+            if found:
+                best_row, est = found[0]
+                return "near_duplicate", self.row_to_kept[best_row], est
+            row = self.near.insert_signature(signature)
+            self.row_to_kept.append(self.kept)
+        elif signature is not None:
+            if self._n_sigs == len(self._sigs):
+                grown = np.empty((max(1024, 2 * self._n_sigs), self.num_perm), dtype=np.uint32)
+                grown[: self._n_sigs] = self._sigs[: self._n_sigs]
+                self._sigs = grown
+            row = self._n_sigs
+            self._sigs[row] = signature
+            self._n_sigs += 1
+        self.first.setdefault(digest, self.kept)
+        self.digests += digest
+        self.rows.append(row)
+        self.kept += 1
+        return None
+
+    def digest(self, kept: int) -> bytes:
+        return bytes(self.digests[16 * kept : 16 * kept + 16])
+
+    def signature(self, kept: int) -> np.ndarray | None:
+        row = self.rows[kept]
+        if row < 0:
+            return None
+        return self.near.signature(row) if self.near is not None else self._sigs[row]
+
+
 def clean_examples(examples: Sequence[Example], cfg: CleanConfig) -> tuple[list[Example], CleanReport]:
-    from tunesmith.data.dedup import NearDupIndex, dedup_key
+    """The whole cleaning stage on an in-memory list (the streaming stage in `stream.py` runs the same
+    steps chunk by chunk)."""
+    from tunesmith.data.dedup import sketch_texts
 
-    report = CleanReport(input=len(examples))
-    extra = cfg.pii_patterns or None
-    if cfg.pii != "keep":
-        from tunesmith.data.pii import compile_extra_patterns, find_pii, redact
-
-        if extra:
-            compile_extra_patterns(extra)  # a bad user regex fails here, before any work
-    kinds = cfg.pii_kinds or None
-    seen: dict[str, str] = {}
-    near = NearDupIndex(threshold=cfg.near_dup_threshold) if cfg.near_dedup else None
+    cleaner = ExampleCleaner(cfg)
+    dedup = Deduper(cfg)
+    report = CleanReport()
     kept: list[Example] = []
     for ex in examples:
-        if cfg.normalize:
-            cleaned = _map_texts(ex, clean_text)
-            if cleaned != ex:
-                report.normalized_changed += 1
-            ex = cleaned
-        if cfg.drop_degenerate and (why := degenerate_reason(ex)):
-            report.degenerate += 1
-            report.note_drop(ex, "degenerate", detail=why)
+        c = cleaner(ex)
+        report.record(ex.source, c.changed, c.degenerate, c.pii, c.example is not None)
+        if c.example is None:
             continue
-        if cfg.pii != "keep":
-            found = [m.kind for part in example_text(ex).split("\n") for m in find_pii(part, kinds, extra)]
-            if found:
-                report.pii_examples += 1
-                report.pii_found.update(found)
-                if cfg.pii == "drop":
-                    report.pii_dropped += 1
-                    report.note_drop(ex, "pii", kinds=sorted(set(found)))
-                    continue
-                ex = _map_texts(ex, lambda t: redact(t, kinds, extra)[0])
-        text = example_text(ex)
-        if cfg.exact_dedup:
-            key = dedup_key(text)
-            if key in seen:
-                report.exact_duplicates += 1
-                report.note_drop(ex, "exact_duplicate", of=seen[key])
-                continue
-            seen[key] = ex.source
-        if near is not None:
-            dups = near.add(ex.source, text)
-            if dups:
-                report.near_duplicates += 1
-                report.note_drop(ex, "near_duplicate", of=dups[0])
-                if len(report.near_pairs) < SHOW:
-                    report.near_pairs.append({"kept": dups[0], "dropped": ex.source})
-                continue
-        kept.append(ex)
+        digests, sigs, has_words = sketch_texts([dedup_text(c.example)], dedup.num_perm)
+        dup = dedup.check(digests[0], sigs[0] if has_words[0] else None)
+        if dup is not None:
+            reason, of, est = dup
+            report.record_duplicate(ex.source, reason, kept[of].source, est)
+            continue
+        kept.append(c.example)
     report.kept = len(kept)
     return kept, report
-
-
-def contamination(
-    train: Sequence[Example], others: dict[str, Sequence[Example]], threshold: float
-) -> list[dict[str, Any]]:
-    """Train examples that duplicate (exactly or nearly) an example of an eval split, as named pairs."""
-    from tunesmith.data.dedup import cross_contamination
-
-    pairs: list[dict[str, Any]] = []
-    train_texts = [example_text(e) for e in train]
-    for split, exs in others.items():
-        if not exs:
-            continue
-        for ti, oi, jac in cross_contamination(
-            train_texts, [example_text(e) for e in exs], threshold=threshold
-        ):
-            pairs.append(
-                {
-                    "split": split,
-                    "train": train[ti].source,
-                    "eval": exs[oi].source,
-                    "jaccard": round(jac, 3),
-                    "train_index": ti,
-                }
-            )
-    return pairs

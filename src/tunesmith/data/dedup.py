@@ -150,7 +150,9 @@ def _prepare(text: str) -> tuple[bytes, set[bytes]]:
     return _digest(folded), {w.encode("utf-8") for w in _content_words(folded)}
 
 
-def _sketch_chunk(texts: list[str], num_perm: int, seed: int) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+def sketch_texts(
+    texts: list[str], num_perm: int = DEFAULT_NUM_PERM, seed: int = DEFAULT_SEED
+) -> tuple[list[bytes], np.ndarray, np.ndarray]:
     """Exact-key digests, MinHash signatures and a has-words mask for a chunk of texts.
 
     Module-level so that a helper process can run it; the in-process path runs the same code, so both
@@ -219,13 +221,13 @@ def _signature_stream(
             if pool is not None:
                 try:
                     while len(pending) < _IN_FLIGHT and (ahead := next(upcoming, None)) is not None:
-                        pending.append(pool.submit(_sketch_chunk, chunk(ahead), num_perm, seed))
+                        pending.append(pool.submit(sketch_texts, chunk(ahead), num_perm, seed))
                     result = pending.popleft().result()
                 except Exception:  # no process, or a broken one: finish here
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = None
             if result is None:
-                result = _sketch_chunk(chunk(i), num_perm, seed)
+                result = sketch_texts(chunk(i), num_perm, seed)
             digests, sigs, has_words = result
             for k, digest in enumerate(digests):
                 yield digest, sigs[k] if has_words[k] else None
@@ -291,6 +293,44 @@ class _CompactSetStorage(UnorderedStorage):
         return key in self._dict
 
 
+class _NoKeyTable(UnorderedStorage):
+    """Stands in for MinHashLSH's key -> band-hashes table, which only `remove` and `__contains__` read.
+
+    The index never removes and tracks its own keys, so keeping a list of band hashes per text (~280 bytes
+    each) would be memory spent for nothing.
+    """
+
+    def keys(self) -> Iterable[Hashable]:
+        return ()
+
+    def get(self, key: Hashable) -> list[Hashable]:
+        return []
+
+    def insert(self, key: Hashable, *vals: Hashable, **kwargs: Any) -> None:
+        return None
+
+    def remove(self, *keys: Hashable, **kwargs: Any) -> None:
+        raise NotImplementedError("NearDupIndex never removes")
+
+    def remove_val(self, key: Hashable, val: Hashable, **kwargs: Any) -> None:
+        raise NotImplementedError("NearDupIndex never removes")
+
+    def size(self) -> int:
+        return 0
+
+    def itemcounts(self, **kwargs: Any) -> dict[Hashable, int]:
+        return {}
+
+    def has_key(self, key: Hashable) -> bool:
+        return False
+
+
+def _band_key(band: bytes) -> int:
+    # A band is r x 4 bytes (20 at the defaults): a 53-byte bytes object per band per text. Its 60-bit hash
+    # is a 32-byte int. A collision only adds a candidate, which the signature comparison then rejects.
+    return hash(band) & 0x0FFF_FFFF_FFFF_FFFF
+
+
 @functools.lru_cache(maxsize=64)
 def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows per band) for MinHashLSH at `threshold`, by the rule at the top of the module.
@@ -340,8 +380,13 @@ class NearDupIndex:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.num_perm < 16:
             raise ValueError(f"num_perm must be >= 16, got {self.num_perm}")
-        self._lsh = MinHashLSH(num_perm=self.num_perm, params=lsh_params(self.threshold, self.num_perm))
+        self._lsh = MinHashLSH(
+            num_perm=self.num_perm,
+            params=lsh_params(self.threshold, self.num_perm),
+            hashfunc=_band_key,  # any hashable key works with the in-memory storage
+        )
         self._lsh.hashtables = [_CompactSetStorage() for _ in range(self._lsh.b)]
+        self._lsh.keys = _NoKeyTable()
         # crc32 is a C builtin, several times cheaper per call than datasketch's default sha1; the affine32
         # scheme runs every hash through a murmur3 finaliser before permuting, so crc32's linearity does
         # not leak into the minimums.
@@ -405,6 +450,21 @@ class NearDupIndex:
         self._lsh.insert(row, mh, check_duplication=False)
         self._n_rows += 1
         return row
+
+    def insert_signature(self, signature: np.ndarray) -> int:
+        """Index a precomputed signature (from `sketch_texts`) without querying first; return its row."""
+        return self._insert(self._wrap(signature))
+
+    def match_signature(self, signature: np.ndarray) -> list[tuple[int, float]]:
+        """Rows whose estimated Jaccard with `signature` reaches the threshold, best first; inserts nothing."""
+        return self._matches(self._wrap(signature))
+
+    def signature(self, row: int) -> np.ndarray:
+        return self._sigs[row]
+
+    def release_buckets(self) -> None:
+        """Free the LSH buckets (most of the index's memory), keeping the signatures for `signature`."""
+        self._lsh.hashtables = [_CompactSetStorage() for _ in range(self._lsh.b)]
 
     def add(self, key: str, text: str) -> list[str]:
         """Insert `text` under `key`; return the keys of already-inserted texts whose estimated Jaccard with
@@ -470,22 +530,28 @@ def cross_contamination(
     num_perm: int = DEFAULT_NUM_PERM,
 ) -> list[tuple[int, int, float]]:
     """(train index, other index, Jaccard) for every train text that equals (1.0) or near-duplicates an
-    `other` text, e.g. eval items leaking into training data. All matching pairs, sorted."""
+    `other` text, e.g. eval items leaking into training data. All matching pairs, sorted.
+
+    The `other` side (usually the smaller, held-out one) is indexed and the train texts stream past it, so
+    memory grows with the held-out set only. The estimate is symmetric, so the pairs are the same either way.
+    """
     index = NearDupIndex(threshold=threshold, num_perm=num_perm)
-    index._reserve(len(train))
+    index._reserve(len(other))
     by_digest: dict[bytes, list[int]] = {}
-    row_to_train = array("q")
-    for i, (digest, signature) in enumerate(_signature_stream(train, num_perm, index.seed)):
-        by_digest.setdefault(digest, []).append(i)
+    row_to_other = array("q")
+    for j, (digest, signature) in enumerate(_signature_stream(other, num_perm, index.seed)):
+        by_digest.setdefault(digest, []).append(j)
         if signature is not None:
             index._insert(index._wrap(signature))
-            row_to_train.append(i)
+            row_to_other.append(j)
     hits: dict[tuple[int, int], float] = {}
-    for j, (digest, signature) in enumerate(_signature_stream(other, num_perm, index.seed)):
-        for i in by_digest.get(digest, ()):
+    if not row_to_other and not by_digest:
+        return []
+    for i, (digest, signature) in enumerate(_signature_stream(train, num_perm, index.seed)):
+        for j in by_digest.get(digest, ()):
             hits[(i, j)] = 1.0
         if signature is None:
             continue
-        for row, est in index._matches(index._wrap(signature)):
-            hits.setdefault((row_to_train[row], j), est)
+        for row, est in index.match_signature(signature):
+            hits.setdefault((i, row_to_other[row]), est)
     return [(i, j, est) for (i, j), est in sorted(hits.items())]

@@ -227,3 +227,33 @@ def row_to_example(row: Any, fmt: str, source: str, system_prompt: str | None = 
         pref += [{"role": "user", "content": prompt}, {"role": "assistant", "content": chosen}]
         return Example(pref, source, kind="preference", rejected=rejected)
     raise RowError("", f"unknown format {kind!r} (one of {', '.join(FORMATS)})", "unknown_format")
+
+
+def example_to_row(ex: Example) -> dict[str, Any]:
+    """The prepared-split form of an example (one JSONL line); `example_from_row` reads it back."""
+    row: dict[str, Any] = {"source": ex.source}
+    if ex.kind != "chat":
+        row["kind"] = ex.kind
+    if ex.messages:
+        row["messages"] = ex.messages
+    if ex.text:
+        row["text"] = ex.text
+    if ex.rejected:
+        row["rejected"] = ex.rejected
+    if ex.label is not None:
+        row["label"] = ex.label
+    if ex.meta:
+        row["meta"] = ex.meta
+    return row
+
+
+def example_from_row(row: dict[str, Any]) -> Example:
+    return Example(
+        messages=row.get("messages", []),
+        source=row["source"],
+        meta=row.get("meta", {}),
+        kind=row.get("kind", "chat"),
+        text=row.get("text", ""),
+        rejected=row.get("rejected", ""),
+        label=row.get("label"),
+    )

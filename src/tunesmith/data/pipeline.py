@@ -7,6 +7,7 @@ nothing written to any run directory.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,9 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import RunConfig
-from tunesmith.data.clean import clean_examples, contamination
-from tunesmith.data.formats import Example
-from tunesmith.data.split import split_three
+from tunesmith.data.formats import Example, example_to_row
+from tunesmith.data.stream import build_splits, read_split
 from tunesmith.data.tokenize import (
     IGNORE,
     Encoded,
@@ -26,7 +26,7 @@ from tunesmith.data.tokenize import (
     render_parity,
     stop_token_ids,
 )
-from tunesmith.data.validate import DataError, DataIssue, check_count, load_examples
+from tunesmith.data.validate import DataError, DataIssue, check_count
 from tunesmith.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -62,72 +62,11 @@ def _src(source: str) -> tuple[str, int]:
 
 
 def read_splits(cfg: RunConfig) -> CleanSplits:
-    """Parse, validate, clean, split and check contamination. Raises DataError; writes nothing."""
-    d = cfg.data
-    issues: list[DataIssue] = []
-    raw: dict[str, list[Example]] = {}
-    for name, paths in (("train", d.train), ("val", d.val), ("test", d.test)):
-        raw[name], bad = load_examples(paths, d.format, d.system_prompt)
-        issues += bad
-    if issues:
-        raise DataError(issues)
-
-    report: dict[str, Any] = {"read": {k: len(v) for k, v in raw.items()}}
-    # Each split is cleaned on its own; overlap *between* train and held-out splits is the
-    # contamination check's job below, which always keeps the held-out side intact.
-    cleaned: dict[str, list[Example]] = {}
-    clean_reports = {}
-    for name in ("test", "val", "train"):
-        cleaned[name], rep = clean_examples(raw[name], d.clean)
-        clean_reports[name] = rep.as_dict()
-    report["clean"] = clean_reports
-
-    train, val, test = cleaned["train"], cleaned["val"], cleaned["test"]
-    if not d.val or not d.test:
-        labels = {e.label for e in train}
-        stratify = d.split.stratify and None not in labels and len(labels) > 1
-        rest, v, t = split_three(
-            train,
-            val=0.0 if d.val else d.split.val,
-            test=0.0 if d.test else d.split.test,
-            seed=d.split.seed,
-            stratify_by=(lambda e: e.label) if stratify else None,
-        )
-        train, val, test = rest, (val or v), (test or t)
-        report["split"] = {"from_train_file": True, "stratified": stratify, "seed": d.split.seed}
-    else:
-        report["split"] = {"from_train_file": False}
-
-    extra, bad = load_examples(d.contamination.extra_eval_files, "auto", d.system_prompt)
-    if bad:
-        raise DataError(bad)
-    pairs = contamination(train, {"val": val, "test": test, "extra_eval": extra}, d.contamination.threshold)
-    report["contamination"] = {
-        "pairs": len(pairs),
-        "train_examples": len({p["train_index"] for p in pairs}),
-        "action": d.contamination.action,
-        "listed": [{k: v for k, v in p.items() if k != "train_index"} for p in pairs[:50]],
-    }
-    if pairs and d.contamination.action == "error":
-        raise DataError(
-            [
-                DataIssue(
-                    *_src(p["train"]),
-                    "",
-                    f"overlaps {p['split']} example {p['eval']} (Jaccard {p['jaccard']})",
-                    "contaminated",
-                )
-                for p in pairs
-            ]
-        )
-    if pairs and d.contamination.action == "drop":
-        drop = {p["train_index"] for p in pairs}
-        train = [e for i, e in enumerate(train) if i not in drop]
-
-    issues += check_count(train, "train split")
-    if issues:
-        raise DataError(issues)
-    return CleanSplits(train, val, test, report)
+    """Parse, validate, clean, split and check contamination (the streaming stage in `stream.py`, through
+    a temporary folder), then load the splits. Raises DataError; writes nothing that stays."""
+    with tempfile.TemporaryDirectory(prefix="tunesmith-splits-") as tmp:
+        files = build_splits(cfg, Path(tmp) / "splits")
+        return CleanSplits(files.load("train"), files.load("val"), files.load("test"), files.report)
 
 
 def encode_split(
@@ -240,25 +179,13 @@ def prepare(cfg: RunConfig, tok: PreTrainedTokenizerBase, generation_config: Any
 def write_prepared(data: PreparedData, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
-        lines = [
-            json.dumps(
-                {"messages": ex.messages, "source": ex.source, **({"label": ex.label} if ex.label else {})},
-                ensure_ascii=False,
-            )
-            for ex in split.examples
-        ]
+        lines = [json.dumps(example_to_row(ex), ensure_ascii=False) for ex in split.examples]
         atomic_write_text(out_dir / f"{name}.jsonl", "\n".join(lines) + ("\n" if lines else ""))
     atomic_write_text(out_dir / "preflight.json", json.dumps(data.preflight, indent=2))
 
 
 def read_prepared_examples(path: Path) -> list[Example]:
-    out = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                out.append(Example(messages=row["messages"], source=row["source"], label=row.get("label")))
-    return out
+    return read_split(path)
 
 
 __all__ = ["CleanSplits", "PreparedData", "Split", "prepare", "read_splits", "write_prepared"]

@@ -27,6 +27,22 @@ class RawRow:
     line: int  # JSONL/CSV: line of the record; JSON array: item number; Parquet: row number; text: 1
     row: Any = None
     issue: DataIssue | None = None
+    text: str | None = None  # an unparsed JSONL line (iter_rows(..., parse=False)); see `parse_row`
+
+    def parse(self) -> RawRow:
+        """This row with `text` parsed, or with the JSON error as its issue."""
+        if self.text is None:
+            return self
+        try:
+            return RawRow(self.file, self.line, json.loads(self.text))
+        except json.JSONDecodeError as e:
+            return RawRow(
+                self.file,
+                self.line,
+                issue=DataIssue(
+                    self.file, self.line, "", f"is not valid JSON: {e.msg} at column {e.colno}", "bad_json"
+                ),
+            )
 
 
 def iter_files(path: Path) -> Iterator[Path]:
@@ -39,11 +55,13 @@ def iter_files(path: Path) -> Iterator[Path]:
         yield path
 
 
-def iter_rows(path: Path, display: str | None = None) -> Iterator[RawRow]:
+def iter_rows(path: Path, display: str | None = None, parse: bool = True) -> Iterator[RawRow]:
+    """Rows of one file. `parse=False` leaves JSONL lines unparsed (`RawRow.text`), so that the parsing
+    can run in a worker process; call `RawRow.parse()` there."""
     name = display or path.name
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        yield from _jsonl(path, name)
+        yield from _jsonl(path, name, parse)
     elif suffix == ".json":
         yield from _json_array(path, name)
     elif suffix in (".csv", ".tsv"):
@@ -62,7 +80,7 @@ def iter_rows(path: Path, display: str | None = None) -> Iterator[RawRow]:
         )
 
 
-def _jsonl(path: Path, name: str) -> Iterator[RawRow]:
+def _jsonl(path: Path, name: str, parse: bool = True) -> Iterator[RawRow]:
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
@@ -76,16 +94,8 @@ def _jsonl(path: Path, name: str) -> Iterator[RawRow]:
                 continue
             if not text.strip():
                 continue
-            try:
-                yield RawRow(name, lineno, json.loads(text.rstrip("\r\n")))
-            except json.JSONDecodeError as e:
-                yield RawRow(
-                    name,
-                    lineno,
-                    issue=DataIssue(
-                        name, lineno, "", f"is not valid JSON: {e.msg} at column {e.colno}", "bad_json"
-                    ),
-                )
+            row = RawRow(name, lineno, text=text.rstrip("\r\n"))
+            yield row.parse() if parse else row
 
 
 def _decode(path: Path, name: str) -> str | DataIssue:

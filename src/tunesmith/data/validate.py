@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,17 +51,19 @@ class DataIssue:
 class DataError(Exception):
     """All problems found in the data, grouped by kind with a count and the first lines of each."""
 
-    def __init__(self, issues: Sequence[DataIssue], show: int = 5):
+    def __init__(self, issues: Sequence[DataIssue], show: int = 5, totals: Mapping[str, int] | None = None):
+        """`totals`: the full count per kind when `issues` holds only the first of each kind (large inputs)."""
         self.issues = list(issues)
         by_kind: dict[str, list[DataIssue]] = defaultdict(list)
         for i in self.issues:
             by_kind[i.kind].append(i)
-        parts = [f"{len(self.issues)} problem(s) in the data:"]
+        counts = {kind: max(len(items), (totals or {}).get(kind, 0)) for kind, items in by_kind.items()}
+        parts = [f"{sum(counts.values())} problem(s) in the data:"]
         for kind, items in by_kind.items():
-            parts.append(f"  {kind} ({len(items)}): fix: {FIXES.get(kind, '')}")
+            parts.append(f"  {kind} ({counts[kind]}): fix: {FIXES.get(kind, '')}")
             parts += [f"    {i}" for i in items[:show]]
-            if len(items) > show:
-                parts.append(f"    ... and {len(items) - show} more")
+            if counts[kind] > show:
+                parts.append(f"    ... and {counts[kind] - show} more")
         super().__init__("\n".join(parts))
 
 
