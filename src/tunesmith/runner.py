@@ -103,6 +103,7 @@ def eval_run(run_dir: Path, console: Console) -> RunOutcome:
     check_method_available(cfg.method)
     manifest = read_manifest(run_dir)
     saved = run_dir / output_dir_name(cfg.method)
+    model: Any
     if cfg.method.name in PEFT_METHODS:
         from peft import PeftModel
 

@@ -102,9 +102,7 @@ def test_method_trains_what_it_should_and_loss_falls(name: str, tiny: Any, token
     assert losses[-1] < losses[0] - 0.02, losses
 
     base = model.get_base_model() if name != "full" else model
-    changed = {
-        k for k, v in base.state_dict().items() if k in before and not torch.equal(v, before[k])
-    }
+    changed = {k for k, v in base.state_dict().items() if k in before and not torch.equal(v, before[k])}
     if name == "full":
         assert "model.embed_tokens.weight" in changed and "model.layers.0.mlp.down_proj.weight" in changed
     else:
@@ -132,7 +130,7 @@ def test_virtual_token_loss_matches_peft_forward_with_labels(name: str, tiny: An
 def test_fast_loss_path_equals_full_forward(name: str, tiny: Any, tokenizer: Any) -> None:
     model = apply_method(tiny, _method(name), tokenizer)
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.1)  # non-identity adapters (lora_B starts at 0)
         batch = _batch(tokenizer, n=2)
@@ -163,9 +161,7 @@ def _prefill_logits(model: Any, gen: Any, tokenizer: Any, prompts: list[list[int
 
 
 @pytest.mark.parametrize("name", ["prefix", "prompt"])
-def test_batched_left_padded_generation_sees_what_training_saw(
-    name: str, tiny: Any, tokenizer: Any
-) -> None:
+def test_batched_left_padded_generation_sees_what_training_saw(name: str, tiny: Any, tokenizer: Any) -> None:
     """Each prompt's next-token logits in a left-padded batch equal the training forward's (PeftModel.forward,
     unpadded) for that prompt alone. For prompt tuning this needs PromptTuned: peft's own generate()
     would shift padded prompts away from the virtual tokens."""
@@ -202,9 +198,7 @@ def test_adapter_disabled_generation_is_the_base_model(tiny_model_dir: Path, tok
             ], name
 
 
-def test_saving_full_writes_model_and_peft_writes_adapter(
-    tiny: Any, tokenizer: Any, tmp_path: Path
-) -> None:
+def test_saving_full_writes_model_and_peft_writes_adapter(tiny: Any, tokenizer: Any, tmp_path: Path) -> None:
     full = apply_method(tiny, _method("full"), tokenizer)
     out = save_trained(full, tokenizer, tmp_path, _method("full"))
     assert out == tmp_path / "model"

@@ -78,7 +78,9 @@ def peft_config(method: MethodConfig, tokenizer_path: str | None = None) -> Peft
         )
     if method.name == "ia3":
         # None lets peft pick the modules of the architecture (Llama: k_proj, v_proj, down_proj).
-        return IA3Config(target_modules=target, feedforward_modules=method.feedforward_modules, task_type=task)
+        return IA3Config(
+            target_modules=target, feedforward_modules=method.feedforward_modules, task_type=task
+        )
     if method.name == "prefix":
         return PrefixTuningConfig(num_virtual_tokens=method.num_virtual_tokens, task_type=task)
     if method.name == "prompt":
@@ -148,7 +150,7 @@ def apply_method(
     if method.name == "ia3":
         _check_ia3_defaults(model, method)
     tokenizer_path = getattr(tokenizer, "name_or_path", None) if tokenizer is not None else None
-    return get_peft_model(model, peft_config(method, tokenizer_path))  # type: ignore[arg-type]
+    return get_peft_model(model, peft_config(method, tokenizer_path))
 
 
 def _numel(p: Any) -> int:
