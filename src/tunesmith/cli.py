@@ -1,5 +1,5 @@
 """Command line: parse, call one function, print with rich. Exit codes: 0 ok, 1 data error or missed
-target, 2 configuration error."""
+target, 2 configuration error (or a method this machine cannot run, e.g. qlora without CUDA)."""
 
 from __future__ import annotations
 

@@ -188,10 +188,10 @@ class MethodConfig(_Strict):
     name: Literal["full", "lora", "dora", "qlora", "prefix", "prompt", "ia3"] = Field(
         "lora",
         description="Fine-tuning method. `full`: every weight trained (no peft; saves `model/`). "
-        "`lora`: low-rank adapters. `dora`: LoRA with a learned per-column magnitude (better at low rank, "
+        "`lora`: low-rank adapters. `dora`: LoRA plus a learned magnitude per output feature (better at low rank, "
         "slower steps). `qlora`: LoRA on a 4-bit NF4 base (needs a CUDA GPU and bitsandbytes). "
         "`prefix`: trained key/value vectors in every layer. `prompt`: trained input embeddings "
-        "before the prompt. `ia3`: learned scaling vectors on a few projections (fewest parameters). "
+        "before the prompt. `ia3`: learned scaling vectors on a few projections. "
         "Every method but `full` trains a peft adapter and saves `adapter/`.",
     )
     r: int = Field(16, gt=0, le=1024, description="LoRA rank (lora, dora, qlora).")

@@ -69,9 +69,21 @@ def _load_base(cfg: RunConfig, model_path: str) -> Any:
     return load_model(model_path, load_in_4bit=cfg.method.name == "qlora")
 
 
-def _base_loader(cfg: RunConfig, model_path: str) -> Callable[[], Any] | None:
-    """For a full fine-tune, how evaluate() gets the original weights back (see evaluate)."""
-    return None if cfg.method.name in PEFT_METHODS else (lambda: _load_base(cfg, model_path))
+def _base_loader(cfg: RunConfig, model_path: str, device: Any) -> Callable[[], Any] | None:
+    """For a full fine-tune, how evaluate() gets the original weights back (see evaluate), on the device
+    the tuned model generates on."""
+    if cfg.method.name in PEFT_METHODS:
+        return None
+    return lambda: _load_base(cfg, model_path).to(device)
+
+
+def _on_accelerator(model: Any) -> Any:
+    """Where training would have run: the GPU when there is one (a 4-bit model is placed at load)."""
+    import torch
+
+    if torch.cuda.is_available() and not getattr(model, "is_loaded_in_4bit", False):
+        return model.to("cuda")
+    return model
 
 
 def run_all(cfg: RunConfig, console: Console) -> RunOutcome:
@@ -82,9 +94,8 @@ def run_all(cfg: RunConfig, console: Console) -> RunOutcome:
     tuned, result = train(cfg, data, model, tok, run_dir, console)
     mark_stage(run_dir, "train", "done", train=result.as_dict())
 
-    ev = evaluate(
-        cfg, run_dir, tuned, tok, data.test.examples, console, load_base=_base_loader(cfg, model_path)
-    )
+    load_base = _base_loader(cfg, model_path, tuned.device)
+    ev = evaluate(cfg, run_dir, tuned, tok, data.test.examples, console, load_base=load_base)
     mark_stage(run_dir, "eval", "done")
     report = build_report(run_dir, title=f"{cfg.name}: fine-tuning report")
     print_eval(ev, console)
@@ -116,10 +127,10 @@ def eval_run(run_dir: Path, console: Console) -> RunOutcome:
             raise FileNotFoundError(f"{saved} has no model; run `tunesmith train` first")
         tok = load_tokenizer(str(saved))
         model = load_model(str(saved))
+    model = _on_accelerator(model)
     test = read_prepared_examples(run_dir / "data" / "test.jsonl")
-    ev = evaluate(
-        cfg, run_dir, model, tok, test, console, load_base=_base_loader(cfg, manifest["model_path"])
-    )
+    load_base = _base_loader(cfg, manifest["model_path"], model.device)
+    ev = evaluate(cfg, run_dir, model, tok, test, console, load_base=load_base)
     mark_stage(run_dir, "eval", "done")
     build_report(run_dir, title=f"{cfg.name}: fine-tuning report")
     print_eval(ev, console)
