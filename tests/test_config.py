@@ -99,3 +99,57 @@ def test_readme_config_reference_is_current() -> None:
     assert section == config_reference(), (
         "README's config reference is stale: regenerate with `tunesmith config-reference`"
     )
+
+
+def test_method_options_default_per_method_and_reject_other_methods_options(tmp_path: Path) -> None:
+    (tmp_path / "d.jsonl").write_text("")
+    path = _write(tmp_path, {"data": {"train": "d.jsonl"}})
+    for name in ("full", "lora", "dora", "qlora", "prefix", "prompt", "ia3"):
+        assert load_config(path, [f"method.name={name}"]).method.name == name
+    cfg = load_config(
+        path, ["method.name=prompt", "method.num_virtual_tokens=8", "method.prompt_init_text=Route it."]
+    )
+    assert cfg.method.num_virtual_tokens == 8 and cfg.method.prompt_init_text == "Route it."
+    cfg = load_config(path, ["method.name=ia3", "method.target_modules=[k_proj, down_proj]"])
+    assert cfg.method.target_modules == ["k_proj", "down_proj"] and cfg.method.feedforward_modules is None
+
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["method.name=prefix", "method.r=8", "method.prompt_init_text=hi"])
+    (issue,) = e.value.issues
+    assert issue.path == "method"
+    assert "`r` applies to lora, dora, qlora, not to `prefix`" in issue.message
+    assert "`prompt_init_text` applies to prompt, not to `prefix`" in issue.message
+    for overrides, needle in [
+        (
+            ["method.name=lora", "method.num_virtual_tokens=10"],
+            "`num_virtual_tokens` applies to prefix, prompt",
+        ),
+        (
+            ["method.name=full", "method.target_modules=[q_proj]"],
+            "`target_modules` applies to lora, dora, qlora, ia3",
+        ),
+        (
+            ["method.name=lora", "method.feedforward_modules=[down_proj]"],
+            "`feedforward_modules` applies to ia3",
+        ),
+        (
+            ["method.name=ia3", "method.target_modules=[k_proj]", "method.feedforward_modules=[down_proj]"],
+            "feedforward_modules ['down_proj'] are not in target_modules ['k_proj']",
+        ),
+        (["method.name=lora", "method.target_modules=[]"], "target_modules is empty"),
+        (["method.name=prompt", "method.num_virtual_tokens=0"], "greater than 0"),
+        (["method.name=adapter"], "'full', 'lora', 'dora', 'qlora', 'prefix', 'prompt' or 'ia3'"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load_config(path, overrides)
+        assert needle in str(e.value), (overrides, str(e.value))
+
+
+def test_resolved_config_of_every_method_loads_again(tmp_path: Path) -> None:
+    """resolved.yaml holds every option at its value; defaults of other methods must not trip the check."""
+    (tmp_path / "d.jsonl").write_text("")
+    path = _write(tmp_path, {"data": {"train": "d.jsonl"}})
+    for name in ("full", "lora", "dora", "qlora", "prefix", "prompt", "ia3"):
+        cfg = load_config(path, [f"method.name={name}"])
+        again = _write(tmp_path, cfg.model_dump(mode="json"))
+        assert load_config(again).method == cfg.method

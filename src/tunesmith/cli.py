@@ -1,5 +1,5 @@
 """Command line: parse, call one function, print with rich. Exit codes: 0 ok, 1 data error or missed
-target, 2 configuration error."""
+target, 2 configuration error (or a method this machine cannot run, e.g. qlora without CUDA)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from rich.console import Console  # noqa: E402
 from tunesmith.config import ConfigError, RunConfig, config_reference, load_config  # noqa: E402
 from tunesmith.data.validate import DataError  # noqa: E402
 from tunesmith.models import ModelError  # noqa: E402
+from tunesmith.train.methods import MethodUnavailableError  # noqa: E402
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Fine-tune a pretrained LLM into a domain specialist."
@@ -71,6 +72,8 @@ def run(config: ConfigArg, overrides: OverridesArg = None) -> None:
     cfg = _config(config, overrides)
     try:
         outcome = run_all(cfg, console)
+    except MethodUnavailableError as e:
+        raise _fail(e, code=2) from None
     except (DataError, ModelError) as e:
         raise _fail(e) from None
     if not outcome.targets_met:
@@ -121,6 +124,8 @@ def eval_cmd(run_dir: Annotated[Path, typer.Argument(help="A run directory (runs
 
     try:
         outcome = eval_run(run_dir, console)
+    except MethodUnavailableError as e:
+        raise _fail(e, code=2) from None
     except (FileNotFoundError, ModelError) as e:
         raise _fail(e) from None
     if not outcome.targets_met:

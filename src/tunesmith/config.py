@@ -173,16 +173,78 @@ class DataConfig(_Strict):
         return v
 
 
+METHODS = ("full", "lora", "dora", "qlora", "prefix", "prompt", "ia3")
+_LORA_FAMILY = ("lora", "dora", "qlora")
+# Which methods read each option; a non-default value under any other method would be silently ignored.
+METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
+    "r": _LORA_FAMILY,
+    "alpha": _LORA_FAMILY,
+    "dropout": _LORA_FAMILY,
+    "target_modules": (*_LORA_FAMILY, "ia3"),
+    "feedforward_modules": ("ia3",),
+    "num_virtual_tokens": ("prefix", "prompt"),
+    "prompt_init_text": ("prompt",),
+}
+
+
 class MethodConfig(_Strict):
-    name: Literal["lora"] = Field(
-        "lora", description="Fine-tuning method. `lora`: low-rank adapters through peft."
+    """Which parameters are trained; each option applies to the methods named in its description."""
+
+    name: Literal["full", "lora", "dora", "qlora", "prefix", "prompt", "ia3"] = Field(
+        "lora",
+        description="Fine-tuning method. `full`: every weight trained (no peft; saves `model/`). "
+        "`lora`: low-rank adapters. `dora`: LoRA plus a learned magnitude per output feature (better at low rank, "
+        "slower steps). `qlora`: LoRA on a 4-bit NF4 base (needs a CUDA GPU and bitsandbytes). "
+        "`prefix`: trained key/value vectors in every layer. `prompt`: trained input embeddings "
+        "before the prompt. `ia3`: learned scaling vectors on a few projections. "
+        "Every method but `full` trains a peft adapter and saves `adapter/`.",
     )
-    r: int = Field(16, gt=0, le=1024, description="LoRA rank.")
-    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Module names to adapt (e.g. [q_proj, v_proj]) or `all-linear`."
+    r: int = Field(16, gt=0, le=1024, description="LoRA rank (lora, dora, qlora).")
+    alpha: float = Field(
+        32.0, gt=0, description="LoRA scaling numerator, scale = alpha / r (lora, dora, qlora)."
     )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA branch (lora, dora, qlora).")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None,
+        description="Modules to adapt, by name (e.g. [q_proj, v_proj]) or `all-linear` (lora, dora, qlora, "
+        "ia3). Default: `all-linear` for the LoRA family; for ia3 peft's choice for the architecture "
+        "(Llama: k_proj, v_proj, down_proj).",
+    )
+    feedforward_modules: list[str] | None = Field(
+        None,
+        description="ia3: the target modules whose input (not output) is scaled, as in the IA3 paper's "
+        "feed-forward layers; a subset of `target_modules`. Default: peft's choice for the architecture "
+        "(Llama: down_proj).",
+    )
+    num_virtual_tokens: int = Field(
+        20, gt=0, le=512, description="Trained virtual tokens (prefix, prompt); they take context length."
+    )
+    prompt_init_text: str | None = Field(
+        None,
+        min_length=1,
+        description="prompt: start the virtual tokens from the embeddings of this text (e.g. a short "
+        "task description; repeated or cut to `num_virtual_tokens`) instead of random vocabulary rows.",
+    )
+
+    @model_validator(mode="after")
+    def _options_fit_method(self) -> MethodConfig:
+        problems = []
+        for option, methods in METHOD_OPTIONS.items():
+            if self.name not in methods and getattr(self, option) != type(self).model_fields[option].default:
+                problems.append(
+                    f"`{option}` applies to {', '.join(methods)}, not to `{self.name}`: remove it "
+                    "or choose one of those methods"
+                )
+        ff, target = self.feedforward_modules, self.target_modules
+        if ff is not None and isinstance(target, list) and not set(ff) <= set(target):
+            problems.append(
+                f"feedforward_modules {sorted(set(ff) - set(target))} are not in target_modules {target}"
+            )
+        if target is not None and not target:
+            problems.append("target_modules is empty; name at least one module or use all-linear")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class TrainConfig(_Strict):

@@ -162,12 +162,39 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_model(path: str, dtype: Any = None) -> PreTrainedModel:
+def quantization_config_4bit() -> Any:
+    """QLoRA's base: NF4 weights, double quantization of the scales, bf16 compute where the GPU has it."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def load_model(path: str, dtype: Any = None, load_in_4bit: bool = False) -> PreTrainedModel:
+    """Load a causal LM in float32 (default), or 4-bit NF4 on the current CUDA device (`load_in_4bit`, for
+    qlora; check_method_available has already made sure there is a GPU and bitsandbytes)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
+    if load_in_4bit:
+        quant = quantization_config_4bit()
+        # Layers bitsandbytes does not quantize (embeddings, norms, head) load in the compute dtype;
+        # prepare_model_for_kbit_training then upcasts the trainable-sensitive ones to fp32.
+        kwargs = {
+            "dtype": dtype or quant.bnb_4bit_compute_dtype,
+            "quantization_config": quant,
+            # One device: accelerate refuses to train a 4-bit model spread over several or offloaded.
+            "device_map": {"": torch.cuda.current_device()},
+        }
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
         raise ModelError(f"cannot load a model from {path!r}: {e}") from e
     return model

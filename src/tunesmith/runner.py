@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from tunesmith.eval.report import build_report
 from tunesmith.models import load_model, load_tokenizer, resolve_model
 from tunesmith.registry import init_manifest, mark_stage, new_run_dir, read_manifest
 from tunesmith.train.loop import train
+from tunesmith.train.methods import PEFT_METHODS, check_method_available, output_dir_name
 
 
 @dataclass
@@ -73,13 +75,37 @@ def prepare_run(cfg: RunConfig, console: Console) -> Path:
     return _start_run(cfg, console)[0]
 
 
+def _load_base(cfg: RunConfig, model_path: str) -> Any:
+    return load_model(model_path, load_in_4bit=cfg.method.name == "qlora")
+
+
+def _base_loader(cfg: RunConfig, model_path: str, device: Any) -> Callable[[], Any] | None:
+    """For a full fine-tune, how evaluate() gets the original weights back (see evaluate), on the device
+    the tuned model generates on."""
+    if cfg.method.name in PEFT_METHODS:
+        return None
+    return lambda: _load_base(cfg, model_path).to(device)
+
+
+def _on_accelerator(model: Any) -> Any:
+    """Where training would have run: the GPU when there is one (a 4-bit model is placed at load)."""
+    import torch
+
+    if torch.cuda.is_available() and not getattr(model, "is_loaded_in_4bit", False):
+        return model.to("cuda")
+    return model
+
+
 def run_all(cfg: RunConfig, console: Console) -> RunOutcome:
+    # Before any data or model work: a method this machine cannot run (qlora without CUDA) fails now.
+    check_method_available(cfg.method)
     run_dir, model_path, tok, data = _start_run(cfg, console)
-    model = load_model(model_path)
+    model = _load_base(cfg, model_path)
     tuned, result = train(cfg, data, model, tok, run_dir, console)
     mark_stage(run_dir, "train", "done", train=result.as_dict())
 
-    ev = evaluate(cfg, run_dir, tuned, tok, data.test.examples, console)
+    load_base = _base_loader(cfg, model_path, tuned.device)
+    ev = evaluate(cfg, run_dir, tuned, tok, data.test.examples, console, load_base=load_base)
     mark_stage(run_dir, "eval", "done")
     report = build_report(run_dir, title=f"{cfg.name}: fine-tuning report")
     print_eval(ev, console)
@@ -93,19 +119,28 @@ def load_run_config(run_dir: Path) -> RunConfig:
 
 
 def eval_run(run_dir: Path, console: Console) -> RunOutcome:
-    """Re-run the eval stage of an existing run from its saved adapter and test split."""
-    from peft import PeftModel
-
+    """Re-run the eval stage of an existing run from its saved adapter (or model) and test split."""
     cfg = load_run_config(run_dir)
+    check_method_available(cfg.method)
     manifest = read_manifest(run_dir)
-    adapter = run_dir / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{adapter} has no adapter; run `tunesmith train` first")
-    tok = load_tokenizer(str(adapter))
-    base = load_model(manifest["model_path"])
-    model = PeftModel.from_pretrained(base, str(adapter))
+    saved = run_dir / output_dir_name(cfg.method)
+    model: Any
+    if cfg.method.name in PEFT_METHODS:
+        from peft import PeftModel
+
+        if not (saved / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{saved} has no adapter; run `tunesmith train` first")
+        tok = load_tokenizer(str(saved))
+        model = PeftModel.from_pretrained(_load_base(cfg, manifest["model_path"]), str(saved))
+    else:
+        if not (saved / "config.json").is_file():
+            raise FileNotFoundError(f"{saved} has no model; run `tunesmith train` first")
+        tok = load_tokenizer(str(saved))
+        model = load_model(str(saved))
+    model = _on_accelerator(model)
     test = read_prepared_examples(run_dir / "data" / "test.jsonl")
-    ev = evaluate(cfg, run_dir, model, tok, test, console)
+    load_base = _base_loader(cfg, manifest["model_path"], model.device)
+    ev = evaluate(cfg, run_dir, model, tok, test, console, load_base=load_base)
     mark_stage(run_dir, "eval", "done")
     build_report(run_dir, title=f"{cfg.name}: fine-tuning report")
     print_eval(ev, console)

@@ -115,3 +115,57 @@ def test_real_smollm2_few_steps_end_to_end(tmp_path: Path) -> None:
     assert len(losses) == 2 and all(0 < x < 10 for x in losses)
     ev = json.loads((run / "eval" / "eval.json").read_text())
     assert ev["n_examples"] == 4 and ev["primary_metric"] == "field_accuracy.queue"
+
+
+def _method_config(toy_config: Path, method: dict, **train: object) -> Path:
+    cfg = yaml.safe_load(toy_config.read_text())
+    cfg["method"] = method
+    cfg["train"].update(train)
+    path = toy_config.with_name(f"{method['name']}.yaml")
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_full_and_prompt_tuning_runs_compare_against_the_same_base(toy_config: Path) -> None:
+    runs = toy_config.parent / "runs"
+    full = _method_config(toy_config, {"name": "full"}, lr=1e-3)
+    proc = tunesmith("run", str(full))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "full: 1,591,456 trainable of 1,591,456 parameters (100%)" in proc.stderr
+    (full_run,) = list(runs.iterdir())
+    for rel in ("model/model.safetensors", "model/config.json", "model/tokenizer.json", "eval/eval.json"):
+        assert (full_run / rel).is_file(), rel
+    assert not (full_run / "adapter").exists()
+    train = json.loads((full_run / "manifest.json").read_text())["train"]
+    assert train["output_dir"] == str(full_run / "model")
+
+    prompt = _method_config(toy_config, {"name": "prompt", "num_virtual_tokens": 4}, lr=1e-2)
+    proc = tunesmith("run", str(prompt))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "prompt: 128 trainable of 1,591,584 parameters" in proc.stderr
+    (prompt_run,) = [r for r in runs.iterdir() if r != full_run]
+    assert (prompt_run / "adapter" / "adapter_model.safetensors").is_file()
+
+    # The base pass of a full fine-tune reloads the original weights; a peft run disables its adapter:
+    # the same base model, so the same base predictions.
+    def predictions(run: Path) -> list[dict]:
+        return [json.loads(x) for x in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
+
+    full_preds, prompt_preds = predictions(full_run), predictions(prompt_run)
+    assert [p["base"] for p in full_preds] == [p["base"] for p in prompt_preds]
+    assert [p["tuned"] for p in full_preds] != [p["base"] for p in full_preds]
+
+    # Evaluating the full run again from its run directory (model/ + base from source) agrees.
+    before = (full_run / "eval" / "predictions.jsonl").read_text()
+    proc = tunesmith("eval", str(full_run))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (full_run / "eval" / "predictions.jsonl").read_text() == before
+
+
+def test_qlora_without_gpu_stops_before_any_model_loads(toy_config: Path) -> None:
+    qlora = _method_config(toy_config, {"name": "qlora", "r": 8})
+    proc = tunesmith("run", str(qlora))
+    assert proc.returncode == 2, proc.stderr
+    err = " ".join(proc.stderr.split())
+    assert "qlora needs a CUDA GPU and `pip install bitsandbytes`; use method.name: lora on CPU" in err
+    assert "pre-flight" not in err.lower() and not (toy_config.parent / "runs").exists()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +16,10 @@ from tunesmith.config import RunConfig
 from tunesmith.data.formats import Example
 from tunesmith.data.tokenize import encode_prompt, stop_token_ids
 from tunesmith.eval.compare import compare
-from tunesmith.eval.generate import Generation, generate
+from tunesmith.eval.generate import Generation, PromptTuned, generate
 from tunesmith.eval.metrics import score_all
 from tunesmith.io import atomic_write_json, atomic_write_text
-
-_MERGEABLE = {"LORA"}
+from tunesmith.train.methods import MERGEABLE, PEFT_METHODS
 
 
 def _speed(gens: list[Generation]) -> dict[str, float]:
@@ -33,11 +34,28 @@ def _speed(gens: list[Generation]) -> dict[str, float]:
 
 
 def evaluate(
-    cfg: RunConfig, run_dir: Path, model: Any, tok: Any, test: list[Example], console: Console | None = None
+    cfg: RunConfig,
+    run_dir: Path,
+    model: Any,
+    tok: Any,
+    test: list[Example],
+    console: Console | None = None,
+    load_base: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
-    """`model` is a peft model: the base is the same weights with the adapter disabled (no second copy)."""
+    """Base and tuned `model` generate on the same test prompts.
+
+    Peft methods: the base is the same weights with the adapter disabled (no second copy). A full
+    fine-tune changed the weights themselves, so `load_base` loads the original model again from its
+    source for the base pass, and it is freed before the tuned pass. That is exact (the same weights through
+    the same code) and cheap: one load, and a second copy of the weights in memory only during the base
+    pass, well under training's peak (weights, gradients and two AdamW moments); and `tunesmith eval
+    RUN_DIR`, which has no pre-training model, takes the same path.
+    """
     console = console or Console(stderr=True)
     ec = cfg.eval
+    method = cfg.method.name
+    if method not in PEFT_METHODS and load_base is None:
+        raise ValueError(f"method {method!r} changed the base weights: pass load_base for the base pass")
     examples = test[: ec.limit] if ec.limit else test
     prompts = [encode_prompt(tok, ex.messages) for ex in examples]
     refs = [ex.reference for ex in examples]
@@ -57,26 +75,30 @@ def evaluate(
             def advance(n: int, task: Any = task) -> None:
                 progress.advance(task, n)
 
-            if which == "base":
+            def run(m: Any) -> list[Generation]:
+                return generate(m, tok, prompts, ec.max_new_tokens, ec.batch_size, stops, advance)
+
+            if which == "base" and load_base is not None:
+                base = load_base()
+                outputs[which] = run(base)
+                del base
+                gc.collect()
+            elif which == "base":
                 with model.disable_adapter():
-                    outputs[which] = generate(
-                        model, tok, prompts, ec.max_new_tokens, ec.batch_size, stops, advance
-                    )
-            else:
-                # Merged LoRA weights decode faster (no extra matmuls per layer) and are what an exported
-                # model serves; the adapter is saved already, and unmerging restores the base for reuse.
-                mergeable = (
-                    hasattr(model, "merge_adapter") and getattr(model, "peft_type", None) in _MERGEABLE
-                )
-                if mergeable:
-                    model.merge_adapter()
+                    outputs[which] = run(model)
+            elif method in MERGEABLE:
+                # Merged weights decode faster (no extra matmuls per layer) and are what an exported model
+                # serves; the adapter is saved already, and unmerging restores the base for reuse.
+                model.merge_adapter()
                 try:
-                    outputs[which] = generate(
-                        model, tok, prompts, ec.max_new_tokens, ec.batch_size, stops, advance
-                    )
+                    outputs[which] = run(model)
                 finally:
-                    if mergeable:
-                        model.unmerge_adapter()
+                    model.unmerge_adapter()
+            elif method == "prompt":
+                outputs[which] = run(PromptTuned(model))
+            else:
+                # prefix (peft offsets the positions past its virtual keys/values), qlora, full.
+                outputs[which] = run(model)
 
     base_texts = [g.text for g in outputs["base"]]
     tuned_texts = [g.text for g in outputs["tuned"]]

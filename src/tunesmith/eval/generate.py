@@ -8,6 +8,53 @@ from dataclasses import dataclass
 from typing import Any
 
 
+class PromptTuned:
+    """Generation from a prompt-tuned PeftModel at the positions it was trained with.
+
+    Training sees `[virtual tokens][prompt][answer]` (right padding), so the prompt starts at position
+    num_virtual_tokens. peft's generate() prepends the virtual tokens to the *left-padded* batch,
+    `[virtual][pad...][prompt]`, and drops position ids (warning "Position ids are not supported"), so a
+    padded prompt starts further right by its padding: in a batch, every prompt but the longest is decoded at
+    positions it was never trained at. Here the virtual-token embeddings are prepended to the embedded batch
+    ourselves and transformers derives position ids from the extended attention mask (its cumulative sum),
+    which skips the padding: every prompt starts at num_virtual_tokens, exactly as in training.
+    """
+
+    def __init__(self, peft_model: Any) -> None:
+        self.model = peft_model
+
+    @property
+    def training(self) -> bool:
+        return bool(self.model.training)
+
+    @property
+    def device(self) -> Any:
+        return self.model.device
+
+    def eval(self) -> PromptTuned:
+        self.model.eval()
+        return self
+
+    def train(self, mode: bool = True) -> PromptTuned:
+        self.model.train(mode)
+        return self
+
+    def generate(self, input_ids: Any, attention_mask: Any, generation_config: Any) -> Any:
+        import torch
+
+        rows = input_ids.shape[0]
+        embeds = self.model.get_input_embeddings()(input_ids)
+        virtual = self.model.get_prompt(batch_size=rows).to(embeds.dtype)
+        mask = torch.cat([attention_mask.new_ones(rows, virtual.shape[1]), attention_mask], dim=1)
+        new = self.model.get_base_model().generate(
+            inputs_embeds=torch.cat([virtual, embeds], dim=1),
+            attention_mask=mask,
+            generation_config=generation_config,
+        )
+        # From embeddings alone, generate() returns only the new tokens; callers expect prompt + new.
+        return torch.cat([input_ids, new], dim=1)
+
+
 @dataclass(frozen=True)
 class Generation:
     text: str
@@ -51,6 +98,7 @@ def generate(
                 ids[row, width - len(p) :] = torch.tensor(p)
                 mask[row, width - len(p) :] = 1
             t = time.perf_counter()
+            ids, mask = ids.to(model.device), mask.to(model.device)
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
             dt = time.perf_counter() - t
             for row, i in enumerate(idx):

@@ -83,19 +83,29 @@ def _causal_lm(model: nn.Module) -> Any:
     return get_base() if callable(get_base) else model
 
 
+def uses_virtual_tokens(model: nn.Module) -> bool:
+    """Prefix/prompt tuning (peft "prompt learning"): the forward adds virtual tokens to the input."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
 def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], fast: bool = True) -> torch.Tensor:
     """Summed next-token cross-entropy over positions under the loss.
 
     `fast`: run the decoder, then the output head only on positions under the loss. In SFT most tokens
     are prompt tokens, and the head (hidden x vocab) is a large share of a small model's compute; skipping
-    it there computes the same loss for less work. Methods that change the forward itself (prefix tuning)
-    pass fast=False.
+    it there computes the same loss for less work. It is right for every method that leaves the forward
+    alone (full, lora, dora, qlora, ia3 change weights or wrap layers inside the decoder); prefix and prompt
+    tuning add virtual tokens in PeftModel.forward, which the decoder alone would skip, so they always take
+    the full forward.
     """
     import torch.nn.functional as F
 
+    device = _causal_lm(model).get_input_embeddings().weight.device
+    batch = {k: v.to(device) for k, v in batch.items()}
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
-    if fast:
+    if fast and not uses_virtual_tokens(model):
         lm = _causal_lm(model)
         decoder = getattr(lm, lm.base_model_prefix)
         hidden = decoder(
@@ -106,6 +116,10 @@ def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], fast: bool 
         if cap:
             logits = cap * (logits / cap).tanh()
     else:
+        # PeftModel.forward extends the attention mask by the virtual tokens itself. Prompt tuning prepends
+        # them to the sequence, so logits hold num_virtual_tokens extra leading positions: the last
+        # input-length positions are the input's. Prefix tuning puts them in the KV cache (past_key_values),
+        # and logits are input-length already; the same slice keeps all of them.
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         logits = out.logits[:, -batch["input_ids"].shape[1] :][:, :-1][keep]
     return F.cross_entropy(logits.float(), labels[keep], reduction="sum")

@@ -23,9 +23,8 @@ from rich.progress import (
 from tunesmith.config import RunConfig
 from tunesmith.data.pipeline import PreparedData
 from tunesmith.data.tokenize import Encoded
-from tunesmith.io import atomic_dir
 from tunesmith.train.batching import collate, get_lr, loss_tokens, micro_batches, token_loss_sum
-from tunesmith.train.methods import apply_method, count_parameters
+from tunesmith.train.methods import apply_method, count_parameters, describe_parameters, save_trained
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -44,7 +43,7 @@ class TrainResult:
     seconds: float
     trainable_params: int
     total_params: int
-    adapter_dir: str
+    output_dir: str  # adapter/ (peft methods) or model/ (full)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -91,11 +90,9 @@ def train(
     torch.set_num_threads(tc.threads or os.cpu_count() or 1)
     set_seed(tc.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    model = apply_method(base_model, cfg.method)
+    model = apply_method(base_model, cfg.method, tok)
     trainable, total = count_parameters(model)
-    console.print(
-        f"[bold]{cfg.method.name}[/bold]: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)"
-    )
+    console.print(describe_parameters(cfg.method.name, trainable, total))
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -184,11 +181,8 @@ def train(
             progress.update(task, advance=1, info=info)
 
     # ---- save
-    adapter_dir = run_dir / "adapter"
     unwrapped = accelerator.unwrap_model(model)
-    with atomic_dir(adapter_dir) as tmp:
-        unwrapped.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+    output_dir = save_trained(unwrapped, tok, run_dir, cfg.method)  # adapter/ or model/ (full)
     result = TrainResult(
         steps=steps,
         final_train_loss=loss_value,
@@ -197,6 +191,6 @@ def train(
         seconds=round(time.perf_counter() - t0, 2),
         trainable_params=trainable,
         total_params=total,
-        adapter_dir=str(adapter_dir),
+        output_dir=str(output_dir),
     )
     return unwrapped, result

@@ -1,36 +1,189 @@
-"""Fine-tuning method -> a model with exactly the intended parameters trainable."""
+"""Fine-tuning method -> a model with exactly the intended parameters trainable, and how it is saved."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import MethodConfig
+from tunesmith.io import atomic_dir
 
 if TYPE_CHECKING:
+    from peft import PeftConfig
     from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+PEFT_METHODS = frozenset({"lora", "dora", "qlora", "prefix", "prompt", "ia3"})
+# Merging folds the adapter into the base weights, so evaluation decodes at base speed. qlora is left out:
+# merging into NF4 weights re-quantizes them, and the merged model is no longer the one that was trained.
+# prefix/prompt change the input, not the weights: there is nothing to merge.
+MERGEABLE = frozenset({"lora", "dora", "ia3"})
+# Methods whose forward differs from the base model's forward (virtual tokens): their loss must go through
+# PeftModel.forward, the decoder-only fast path would skip the virtual tokens.
+VIRTUAL_TOKEN_METHODS = frozenset({"prefix", "prompt"})
+
+QLORA_FIX = "needs a CUDA GPU and `pip install bitsandbytes`; use method.name: lora on CPU"
 
 
-def apply_method(model: nn.Module, method: MethodConfig) -> nn.Module:
-    from peft import LoraConfig, TaskType, get_peft_model
+class MethodUnavailableError(Exception):
+    """The configured method cannot run here (hardware, packages or architecture), with the fix."""
 
-    if method.name == "lora":
-        target = method.target_modules
-        cfg = LoraConfig(
+
+def has_bitsandbytes() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def check_method_available(method: MethodConfig) -> None:
+    """Fail before any model loads when this machine cannot run the method (qlora: CUDA + bitsandbytes)."""
+    if method.name != "qlora":
+        return
+    import torch
+
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("no CUDA GPU is visible")
+    if not has_bitsandbytes():
+        missing.append("bitsandbytes is not installed")
+    if missing:
+        raise MethodUnavailableError(f"method.name: qlora {QLORA_FIX} (here: {'; '.join(missing)})")
+
+
+def output_dir_name(method: MethodConfig) -> str:
+    """`adapter` for peft methods (small, applied onto the base), `model` for a full fine-tune."""
+    return "adapter" if method.name in PEFT_METHODS else "model"
+
+
+def peft_config(method: MethodConfig, tokenizer_path: str | None = None) -> PeftConfig:
+    """The peft configuration of a peft method (see MethodConfig for what each option means)."""
+    from peft import (
+        IA3Config,
+        LoraConfig,
+        PrefixTuningConfig,
+        PromptTuningConfig,
+        PromptTuningInit,
+        TaskType,
+    )
+
+    task = TaskType.CAUSAL_LM
+    target = method.target_modules
+    if method.name in ("lora", "dora", "qlora"):
+        return LoraConfig(
             r=method.r,
             lora_alpha=method.alpha,  # type: ignore[arg-type]  # peft annotates int; floats work
             lora_dropout=method.dropout,
-            target_modules=target if target == "all-linear" else list(target),
-            task_type=TaskType.CAUSAL_LM,
+            target_modules="all-linear" if target is None else target,
+            use_dora=method.name == "dora",
+            task_type=task,
         )
-        return get_peft_model(model, cfg)
-    raise ValueError(f"unknown method {method.name!r}")
+    if method.name == "ia3":
+        # None lets peft pick the modules of the architecture (Llama: k_proj, v_proj, down_proj).
+        return IA3Config(
+            target_modules=target, feedforward_modules=method.feedforward_modules, task_type=task
+        )
+    if method.name == "prefix":
+        return PrefixTuningConfig(num_virtual_tokens=method.num_virtual_tokens, task_type=task)
+    if method.name == "prompt":
+        if method.prompt_init_text is None:
+            # peft's default (RANDOM) draws N(0, 1) vectors, far larger than real token embeddings, and the
+            # first steps are spent shrinking them; rows of the vocabulary start in the right range.
+            return PromptTuningConfig(
+                num_virtual_tokens=method.num_virtual_tokens,
+                prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB,
+                task_type=task,
+            )
+        if tokenizer_path is None:
+            raise ValueError("prompt_init_text needs the tokenizer's path to tokenize the text")
+        return PromptTuningConfig(
+            num_virtual_tokens=method.num_virtual_tokens,
+            prompt_tuning_init=PromptTuningInit.TEXT,
+            prompt_tuning_init_text=method.prompt_init_text,
+            tokenizer_name_or_path=tokenizer_path,
+            task_type=task,
+        )
+    raise ValueError(f"{method.name!r} is not a peft method")
+
+
+def _check_ia3_defaults(model: nn.Module, method: MethodConfig) -> None:
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FF,
+    )
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS,
+    )
+
+    model_type = getattr(getattr(model, "config", None), "model_type", "?")
+    unknown = [
+        key
+        for key, table in (("target_modules", TARGETS), ("feedforward_modules", FF))
+        if getattr(method, key) is None and model_type not in table
+    ]
+    if unknown:
+        raise MethodUnavailableError(
+            f"ia3 has no default {' or '.join(unknown)} for model type {model_type!r}; "
+            f"set method.{' and method.'.join(unknown)} (the names of its linear layers)"
+        )
+
+
+def apply_method(
+    model: nn.Module, method: MethodConfig, tokenizer: PreTrainedTokenizerBase | None = None
+) -> nn.Module:
+    """Make exactly the method's parameters trainable: all of them (`full`) or a peft adapter's."""
+    if method.name == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import get_peft_model
+
+    if method.name == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        if not getattr(model, "is_loaded_in_4bit", False):
+            raise MethodUnavailableError(
+                "qlora trains on a 4-bit base: load it with load_model(path, load_in_4bit=True)"
+            )
+        # Freezes the quantized base, keeps norms in fp32, and checkpoints activations (non-reentrant: the
+        # frozen embedding output needs no grad hook): QLoRA's point is memory, so it takes the recompute.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    if method.name == "ia3":
+        _check_ia3_defaults(model, method)
+    tokenizer_path = getattr(tokenizer, "name_or_path", None) if tokenizer is not None else None
+    return get_peft_model(model, peft_config(method, tokenizer_path))
+
+
+def _numel(p: Any) -> int:
+    n = int(p.numel())
+    # bitsandbytes stores two 4-bit values per byte of its storage dtype (the same rule as peft's
+    # get_nb_trainable_parameters), so numel() of a packed weight undercounts the model.
+    if p.__class__.__name__ == "Params4bit":
+        n *= 2 * int(p.element_size())
+    return n
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
+    """(trainable, total) parameter counts; tied weights count once, 4-bit weights count unpacked."""
     total = trainable = 0
     for p in model.parameters():
-        total += p.numel()
+        n = _numel(p)
+        total += n
         if p.requires_grad:
-            trainable += p.numel()
+            trainable += n
     return trainable, total
+
+
+def describe_parameters(name: str, trainable: int, total: int) -> str:
+    """`ia3: 1,234 trainable of 134,515,008 parameters (0.000917%)`: enough digits for the smallest method."""
+    share = 100 * trainable / max(total, 1)
+    return f"{name}: {trainable:,} trainable of {total:,} parameters ({share:.3g}%)"
+
+
+def save_trained(model: Any, tok: PreTrainedTokenizerBase, run_dir: Path, method: MethodConfig) -> Path:
+    """Write `adapter/` (peft methods) or `model/` (full: safetensors, config, generation config), each with
+    the tokenizer and its chat template, in one atomic rename: a reader never sees half a save."""
+    out = run_dir / output_dir_name(method)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)  # safetensors (the only format of transformers 5 and peft's default)
+        tok.save_pretrained(tmp)
+    return out
