@@ -248,6 +248,16 @@ class MethodConfig(_Strict):
 
 
 class TrainConfig(_Strict):
+    objective: Literal["sft", "pretrain", "dpo"] = Field(
+        "sft",
+        description="`sft`: instruction/chat rows, loss on assistant turns. `pretrain`: continued pre-training "
+        "on raw text ({text} rows, .txt/.md folders) packed into full max_length blocks, loss on every token. "
+        "`dpo`: preference pairs ({prompt, chosen, rejected}); the reference model is the base with the adapter "
+        "disabled.",
+    )
+    dpo_beta: float = Field(
+        0.1, gt=0, description="DPO: strength of the pull towards the reference model (higher: stay closer)."
+    )
     lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
     epochs: float = Field(
         1.0, gt=0, description="Passes over the training split (ignored when max_steps is set)."

@@ -64,7 +64,12 @@ def cache_key(cfg: RunConfig, model_path: str) -> str:
                 _hash_file(h, path)
     settings = d.model_dump(mode="json", exclude={"train", "val", "test"})
     settings["contamination"].pop("extra_eval_files", None)
-    h.update(json.dumps({"data": settings, "max_length": cfg.train.max_length}, sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {"data": settings, "max_length": cfg.train.max_length, "objective": cfg.train.objective},
+            sort_keys=True,
+        ).encode()
+    )
     model_dir = Path(model_path)
     for name in _TOKENIZER_FILES:
         if (model_dir / name).is_file():
@@ -96,7 +101,10 @@ def save(data: PreparedData, key: str) -> Path:
         write_prepared(data, tmp)
         arrays: dict[str, np.ndarray] = {}
         for name in _SPLITS:
-            enc = getattr(data, name).encoded
+            items = getattr(data, name).encoded
+            pairs = bool(items) and hasattr(items[0], "chosen")
+            arrays[f"{name}_pairs"] = np.array(pairs)
+            enc = [s for p in items for s in (p.chosen, p.rejected)] if pairs else items
             lengths = np.array([len(e.input_ids) for e in enc], dtype=np.int64)
             arrays[f"{name}_lengths"] = lengths
             flat_ids = [t for e in enc for t in e.input_ids]
@@ -122,9 +130,12 @@ def load(key: str) -> PreparedData | None:
             examples = read_split(target / f"{name}.jsonl")
             bounds = np.concatenate([[0], np.cumsum(z[f"{name}_lengths"])]).tolist()
             ids, labels = z[f"{name}_input_ids"].tolist(), z[f"{name}_labels"].tolist()
-            encoded = [Encoded(ids[a:b], labels[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-            if len(encoded) != len(examples):
-                return None  # not written by this version: treat as absent
+            flat = [Encoded(ids[a:b], labels[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            encoded: list[Any] = flat
+            if bool(z[f"{name}_pairs"]):
+                from tunesmith.train.objectives import PairEncoded
+
+                encoded = [PairEncoded(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
             splits[name] = Split(examples, encoded)
     preflight["cache"] = {"hit": True, "key": key, "dir": str(target)}
     return PreparedData(splits["train"], splits["val"], splits["test"], preflight)

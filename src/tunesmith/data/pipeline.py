@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 @dataclass
 class Split:
     examples: list[Example]
-    encoded: list[Encoded] = field(default_factory=list)
+    # sft: one Encoded per example; pretrain: packed blocks (not one per example); dpo: one PairEncoded each.
+    encoded: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -69,31 +70,57 @@ def read_splits(cfg: RunConfig) -> CleanSplits:
         return CleanSplits(files.load("train"), files.load("val"), files.load("test"), files.report)
 
 
+_KIND_FOR = {"sft": "chat", "pretrain": "text", "dpo": "preference"}
+_ROWS_FOR = {
+    "sft": "instruction/chat/classification rows",
+    "pretrain": "raw text ({text} rows or .txt/.md files)",
+    "dpo": "preference pairs ({prompt, chosen, rejected})",
+}
+
+
 def encode_split(
     tok: PreTrainedTokenizerBase,
     examples: Sequence[Example],
     max_length: int,
     stop_ids: Sequence[int],
     on_overlength: str,
-) -> tuple[list[Example], list[Encoded], list[DataIssue], Counter[str]]:
+    objective: str = "sft",
+) -> tuple[list[Example], list[Any], list[DataIssue], Counter[str]]:
+    from tunesmith.train.objectives import encode_pair, pack_texts
+
     kept: list[Example] = []
-    encoded: list[Encoded] = []
+    encoded: list[Any] = []
     issues: list[DataIssue] = []
     counts: Counter[str] = Counter()
+    want = _KIND_FOR[objective]
     for ex in examples:
         file, line = _src(ex.source)
-        if ex.kind != "chat":
+        if ex.kind != want:
             issues.append(
                 DataIssue(
                     file,
                     line,
                     "",
-                    f"is a {ex.kind} row; instruction tuning trains on instruction/chat rows",
+                    f"is a {ex.kind} row; train.objective {objective} trains on {_ROWS_FOR[objective]}",
                     "wrong_kind",
                 )
             )
             continue
+        if objective == "pretrain":
+            kept.append(ex)  # packed below, across examples
+            continue
         try:
+            if objective == "dpo":
+                try:
+                    encoded.append(encode_pair(tok, ex, max_length, stop_ids))
+                except TooLongError:
+                    if on_overlength == "error":
+                        raise
+                    counts["overlength"] += 1
+                    counts["overlength_dropped"] += 1  # cutting a pair would cut the answers it compares
+                    continue
+                kept.append(ex)
+                continue
             enc = encode_chat(tok, ex.messages, max_length, stop_ids)
         except TooLongError as e:
             counts["overlength"] += 1
@@ -114,7 +141,17 @@ def encode_split(
             continue
         kept.append(ex)
         encoded.append(enc)
+    if objective == "pretrain":
+        encoded = pack_texts(tok, (ex.text for ex in kept), max_length)
     return kept, encoded, issues, counts
+
+
+def _flat(encoded: Sequence[Any]) -> list[Encoded]:
+    """Every tokenized sequence of a split: DPO pairs count both sides."""
+    out: list[Encoded] = []
+    for e in encoded:
+        out += [e.chosen, e.rejected] if hasattr(e, "chosen") else [e]
+    return out
 
 
 def _lengths_summary(lengths: Sequence[int]) -> dict[str, float]:
@@ -137,7 +174,9 @@ def prepare(cfg: RunConfig, tok: PreTrainedTokenizerBase, generation_config: Any
     splits: dict[str, Split] = {}
     overlength: dict[str, dict[str, int]] = {}
     for name, exs in (("train", cs.train), ("val", cs.val), ("test", cs.test)):
-        kept, enc, bad, counts = encode_split(tok, exs, cfg.train.max_length, stops, cfg.data.on_overlength)
+        kept, enc, bad, counts = encode_split(
+            tok, exs, cfg.train.max_length, stops, cfg.data.on_overlength, cfg.train.objective
+        )
         issues += bad
         splits[name] = Split(kept, enc)
         overlength[name] = dict(counts)
@@ -147,7 +186,7 @@ def prepare(cfg: RunConfig, tok: PreTrainedTokenizerBase, generation_config: Any
     if issues:
         raise DataError(issues)
 
-    tr = splits["train"].encoded
+    tr = _flat(splits["train"].encoded)
     total = sum(len(e.input_ids) for e in tr)
     under_loss = sum(e.n_loss for e in tr)
     eos_trained = sum(
@@ -155,7 +194,7 @@ def prepare(cfg: RunConfig, tok: PreTrainedTokenizerBase, generation_config: Any
         for e in tr
         if any(t in stops and lab != IGNORE for t, lab in zip(e.input_ids, e.labels, strict=True))
     )
-    parity_sample = splits["train"].examples[: min(len(tr), 200)]
+    parity_sample = [ex for ex in splits["train"].examples[:200] if ex.messages]
     parity_ok = sum(1 for ex in parity_sample if render_parity(tok, ex.messages))
     labels = {k: dict(Counter(e.label for e in v.examples if e.label is not None)) for k, v in splits.items()}
     preflight: dict[str, Any] = {
@@ -165,8 +204,12 @@ def prepare(cfg: RunConfig, tok: PreTrainedTokenizerBase, generation_config: Any
         "share_under_loss": round(under_loss / max(total, 1), 4),
         "eos_trained_share": round(eos_trained / max(len(tr), 1), 4),
         "template_parity": {"checked": len(parity_sample), "identical": parity_ok},
-        "lengths": {k: _lengths_summary([len(e.input_ids) for e in v.encoded]) for k, v in splits.items()},
-        "token_lengths": {k: [len(e.input_ids) for e in v.encoded] for k, v in splits.items()},
+        "lengths": {
+            k: _lengths_summary([len(e.input_ids) for e in _flat(v.encoded)]) for k, v in splits.items()
+        },
+        "token_lengths": {k: [len(e.input_ids) for e in _flat(v.encoded)] for k, v in splits.items()},
+        "objective": cfg.train.objective,
+        "train_items": len(splits["train"].encoded),
         "max_length": cfg.train.max_length,
         "overlength": overlength,
         "labels": labels if any(labels.values()) else {},

@@ -89,18 +89,18 @@ def uses_virtual_tokens(model: nn.Module) -> bool:
     return bool(getattr(config, "is_prompt_learning", False))
 
 
-def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], fast: bool = True) -> torch.Tensor:
-    """Summed next-token cross-entropy over positions under the loss.
+def loss_position_logits(
+    model: nn.Module, batch: dict[str, torch.Tensor], fast: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, target ids, row of each) at the positions under the loss, after the causal shift.
 
     `fast`: run the decoder, then the output head only on positions under the loss. In SFT most tokens
     are prompt tokens, and the head (hidden x vocab) is a large share of a small model's compute; skipping
-    it there computes the same loss for less work. It is right for every method that leaves the forward
+    it there computes the same logits for less work. It is right for every method that leaves the forward
     alone (full, lora, dora, qlora, ia3 change weights or wrap layers inside the decoder); prefix and prompt
     tuning add virtual tokens in PeftModel.forward, which the decoder alone would skip, so they always take
     the full forward.
     """
-    import torch.nn.functional as F
-
     device = _causal_lm(model).get_input_embeddings().weight.device
     batch = {k: v.to(device) for k, v in batch.items()}
     labels = batch["labels"][:, 1:]
@@ -122,4 +122,24 @@ def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], fast: bool 
         # and logits are input-length already; the same slice keeps all of them.
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         logits = out.logits[:, -batch["input_ids"].shape[1] :][:, :-1][keep]
-    return F.cross_entropy(logits.float(), labels[keep], reduction="sum")
+    rows = keep.nonzero()[:, 0]
+    return logits, labels[keep], rows
+
+
+def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], fast: bool = True) -> torch.Tensor:
+    """Summed next-token cross-entropy over positions under the loss (see `loss_position_logits`)."""
+    import torch.nn.functional as F
+
+    logits, targets, _ = loss_position_logits(model, batch, fast)
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per row: the summed log-probability of its tokens under the loss (DPO's sequence log-likelihood)."""
+    import torch
+
+    logits, targets, rows = loss_position_logits(model, batch)
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None])[:, 0]
+    return torch.zeros(batch["input_ids"].shape[0], device=logp.device, dtype=logp.dtype).index_add(
+        0, rows, logp
+    )
