@@ -64,17 +64,27 @@ def _fail(e: Exception, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue an interrupted run from its latest checkpoint (with a config: its newest unfinished run).",
+    ),
+]
+
+
 @app.command()
-def run(config: ConfigArg, overrides: OverridesArg = None) -> None:
+def run(config: ConfigArg, overrides: OverridesArg = None, resume: ResumeOpt = False) -> None:
     """Run every stage: data check, prepare, train, evaluate base vs tuned, report."""
-    from tunesmith.runner import run_all
+    from tunesmith.runner import find_unfinished, run_all
+    from tunesmith.train.checkpoint import TrainingDiverged
 
     cfg = _config(config, overrides)
     try:
-        outcome = run_all(cfg, console)
+        outcome = run_all(cfg, console, resume_dir=find_unfinished(cfg, "eval") if resume else None)
     except MethodUnavailableError as e:
         raise _fail(e, code=2) from None
-    except (DataError, ModelError) as e:
+    except (DataError, ModelError, TrainingDiverged, FileNotFoundError, FileExistsError, ValueError) as e:
         raise _fail(e) from None
     if not outcome.targets_met:
         console.print(f"[red bold]targets missed:[/red bold] {', '.join(outcome.eval['failed_targets'])}")  # type: ignore[index]
@@ -114,6 +124,47 @@ def data_prepare(config: ConfigArg, overrides: OverridesArg = None) -> None:
         run_dir = prepare_run(cfg, console)
     except (DataError, ModelError) as e:
         raise _fail(e) from None
+    print(run_dir)
+
+
+@app.command("train")
+def train_cmd(
+    target: Annotated[
+        Path,
+        typer.Argument(help="tunesmith.yaml (prepare data into a new run), or a run directory (runs/<id>)."),
+    ],
+    overrides: OverridesArg = None,
+    resume: ResumeOpt = False,
+) -> None:
+    """Train stage only: on a config, prepare the data into a new run and train; on a run directory with
+    prepared data, train it (with --resume: from its latest checkpoint). Prints the run directory."""
+    from tunesmith.runner import find_unfinished, train_new, train_run
+    from tunesmith.train.checkpoint import TrainingDiverged
+
+    errors = (DataError, ModelError, TrainingDiverged, FileNotFoundError, FileExistsError, ValueError)
+    if target.is_dir():
+        if overrides:
+            console.print(
+                "[red bold]error:[/red bold] a run directory trains with its own resolved.yaml; no overrides"
+            )
+            raise typer.Exit(2)
+        run_dir = target
+        try:
+            train_run(run_dir, console, resume=resume)
+        except errors as e:
+            raise _fail(e) from None
+    else:
+        cfg = _config(target, overrides)
+        try:
+            if resume:
+                run_dir = find_unfinished(cfg, "train")
+                train_run(run_dir, console, resume=True)
+            else:
+                run_dir, _ = train_new(cfg, console)
+        except MethodUnavailableError as e:
+            raise _fail(e, code=2) from None
+        except errors as e:
+            raise _fail(e) from None
     print(run_dir)
 
 

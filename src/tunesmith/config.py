@@ -285,6 +285,30 @@ class TrainConfig(_Strict):
         True,
         description="Batch examples of similar length together (less padding, same randomness across windows).",
     )
+    save_every: int = Field(
+        0,
+        ge=0,
+        description="Save a checkpoint (trainable weights, optimizer, RNG, data position) every N optimizer steps "
+        "into `checkpoints/step-N/`, written atomically; 0: only at the end. `tunesmith train RUN_DIR --resume` "
+        "continues from the latest.",
+    )
+    keep_checkpoints: int = Field(
+        2, ge=1, description="Checkpoints kept on disk: the last N, plus the one with the best val loss."
+    )
+    early_stopping: bool = Field(
+        False,
+        description="Stop when val loss has not improved by `min_delta` for `patience` evaluations; the final "
+        "adapter is the best-val checkpoint's weights (a checkpoint is also saved at every new best).",
+    )
+    patience: int = Field(
+        3,
+        gt=0,
+        description="Evaluations without a new best val loss before early stopping, and before the overfitting "
+        "warning (val loss up while train loss fell; printed and recorded in metrics.jsonl).",
+    )
+    min_delta: float = Field(
+        0.0, ge=0.0, description="Smallest fall of val loss that counts as an improvement."
+    )
 
 
 class EvalConfig(_Strict):
@@ -392,6 +416,14 @@ class RunConfig(_Strict):
         base = Path((info.context or {}).get("base_dir", "."))
         p = Path(v).expanduser()
         return str((p if p.is_absolute() else base / p).resolve())
+
+    @model_validator(mode="after")
+    def _early_stopping_has_val(self) -> RunConfig:
+        if self.train.early_stopping and not self.data.val and self.data.split.val == 0:
+            raise ValueError(
+                "train.early_stopping needs validation data: set data.split.val > 0 or give data.val files"
+            )
+        return self
 
     @model_validator(mode="after")
     def _targets_known(self) -> RunConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +14,21 @@ from rich.table import Table
 
 from tunesmith.config import RunConfig, validate_config
 from tunesmith.data import cache as data_cache
-from tunesmith.data.pipeline import PreparedData, prepare, read_prepared_examples, write_prepared
+from tunesmith.data.pipeline import (
+    PreparedData,
+    Split,
+    encode_split,
+    prepare,
+    read_prepared_examples,
+    write_prepared,
+)
 from tunesmith.data.report import print_preflight, write_preflight_html
+from tunesmith.data.validate import DataError
 from tunesmith.eval.evaluate import evaluate
 from tunesmith.eval.report import build_report
 from tunesmith.models import load_model, load_tokenizer, resolve_model
 from tunesmith.registry import init_manifest, mark_stage, new_run_dir, read_manifest
-from tunesmith.train.loop import train
+from tunesmith.train.loop import TrainResult, train
 from tunesmith.train.methods import PEFT_METHODS, check_method_available, output_dir_name
 
 
@@ -96,13 +105,102 @@ def _on_accelerator(model: Any) -> Any:
     return model
 
 
-def run_all(cfg: RunConfig, console: Console) -> RunOutcome:
-    # Before any data or model work: a method this machine cannot run (qlora without CUDA) fails now.
+def _train_stage(
+    cfg: RunConfig,
+    data: PreparedData,
+    model_path: str,
+    tok: Any,
+    run_dir: Path,
+    console: Console,
+    resume: bool,
+) -> tuple[Any, TrainResult]:
+    mark_stage(run_dir, "train", "running")
+    try:
+        tuned, result = train(cfg, data, _load_base(cfg, model_path), tok, run_dir, console, resume=resume)
+    except BaseException:
+        mark_stage(run_dir, "train", "failed")
+        raise
+    mark_stage(run_dir, "train", "done", train=result.as_dict())
+    return tuned, result
+
+
+def load_prepared(run_dir: Path, cfg: RunConfig, tok: Any) -> PreparedData:
+    """The splits the data stage wrote into `run_dir`, tokenized again exactly as then."""
+    manifest = read_manifest(run_dir)
+    if manifest["stages"].get("data", {}).get("status") != "done":
+        raise FileNotFoundError(f"{run_dir} has no prepared data; run `tunesmith data prepare` first")
+    preflight = json.loads((run_dir / "data" / "preflight.json").read_text(encoding="utf-8"))
+    splits = []
+    for name in ("train", "val", "test"):
+        examples = read_prepared_examples(run_dir / "data" / f"{name}.jsonl")
+        kept, encoded, issues, _ = encode_split(
+            tok,
+            examples,
+            cfg.train.max_length,
+            preflight["stop_token_ids"],
+            cfg.data.on_overlength,
+            cfg.train.objective,
+        )
+        if issues:
+            raise DataError(issues)
+        splits.append(Split(kept, encoded))
+    return PreparedData(splits[0], splits[1], splits[2], preflight)
+
+
+def find_unfinished(cfg: RunConfig, stage: str) -> Path:
+    """The newest run of this config (same name, same settings) whose `stage` is not done, to resume."""
+    root = Path(cfg.runs_dir)
+    runs = [p for p in root.glob(f"{cfg.name}-*") if (p / "manifest.json").is_file()] if root.is_dir() else []
+    for run_dir in sorted(runs, key=lambda p: (read_manifest(p)["created"], p.name), reverse=True):
+        stages = read_manifest(run_dir)["stages"]
+        if stages.get("data", {}).get("status") == "done" and stages.get(stage, {}).get("status") != "done":
+            differ = _config_diff(
+                load_run_config(run_dir).model_dump(mode="json"), cfg.model_dump(mode="json")
+            )
+            if differ:
+                raise ValueError(
+                    f"{run_dir} was started with other settings ({', '.join(differ[:5])}); "
+                    "resume it by its directory, or start a new run without --resume"
+                )
+            return run_dir
+    raise FileNotFoundError(f"no unfinished run of {cfg.name!r} in {root} to resume; run without --resume")
+
+
+def _config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _config_diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [prefix.rstrip(".")] if a != b else []
+
+
+def train_run(run_dir: Path, console: Console, resume: bool = False) -> TrainResult:
+    """The train stage on a run directory with prepared data (`resume`: from its latest checkpoint)."""
+    cfg = load_run_config(run_dir)
+    model_path = read_manifest(run_dir)["model_path"]
+    tok = load_tokenizer(model_path)
+    data = load_prepared(run_dir, cfg, tok)
+    console.print(f"run directory: [bold]{run_dir}[/bold]")
+    return _train_stage(cfg, data, model_path, tok, run_dir, console, resume)[1]
+
+
+def train_new(cfg: RunConfig, console: Console) -> tuple[Path, TrainResult]:
+    """Data stage into a new run directory, then the train stage."""
     check_method_available(cfg.method)
     run_dir, model_path, tok, data = _start_run(cfg, console)
-    model = _load_base(cfg, model_path)
-    tuned, result = train(cfg, data, model, tok, run_dir, console)
-    mark_stage(run_dir, "train", "done", train=result.as_dict())
+    return run_dir, _train_stage(cfg, data, model_path, tok, run_dir, console, resume=False)[1]
+
+
+def run_all(cfg: RunConfig, console: Console, resume_dir: Path | None = None) -> RunOutcome:
+    """Every stage; `resume_dir`: an unfinished run to continue (training from its latest checkpoint)."""
+    # Before any data or model work: a method this machine cannot run (qlora without CUDA) fails now.
+    check_method_available(cfg.method)
+    if resume_dir is None:
+        run_dir, model_path, tok, data = _start_run(cfg, console)
+    else:
+        run_dir, model_path = resume_dir, read_manifest(resume_dir)["model_path"]
+        console.print(f"resuming run directory: [bold]{run_dir}[/bold]")
+        tok = load_tokenizer(model_path)
+        data = load_prepared(run_dir, cfg, tok)
+    tuned, _ = _train_stage(cfg, data, model_path, tok, run_dir, console, resume=resume_dir is not None)
 
     load_base = _base_loader(cfg, model_path, tuned.device)
     ev = evaluate(cfg, run_dir, tuned, tok, data.test.examples, console, load_base=load_base)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.data.tokenize import IGNORE, Encoded
@@ -30,31 +31,72 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def micro_batches(
-    lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True, start: int = 0
-) -> Iterator[tuple[int, list[int]]]:
-    """Endless (epoch, indices) micro-batches; each epoch is a fresh seeded shuffle, the tail batch kept.
+def epoch_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group_by_length: bool = True
+) -> list[list[int]]:
+    """The micro-batches of one epoch: a fresh seeded shuffle, the tail batch kept.
 
     `group_by_length`: within windows of 64 batches, examples of similar length share a batch (then the
     batches are shuffled again), so little compute goes to padding while the order stays random.
     """
     n = len(lengths)
+    order = epoch_order(n, seed, epoch)
+    if not group_by_length:
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    window = batch_size * 64
+    grouped: list[list[int]] = []
+    for w in range(0, n, window):
+        chunk = sorted(order[w : w + window], key=lambda i: lengths[i], reverse=True)
+        grouped += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    random.Random(seed * 7_919 + epoch).shuffle(grouped)
+    return grouped
+
+
+def micro_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    seed: int,
+    group_by_length: bool = True,
+    start: int = 0,
+    skip: int = 0,
+) -> Iterator[tuple[int, list[int]]]:
+    """Endless (epoch, indices) micro-batches, from batch `skip` of epoch `start` on (see `epoch_batches`)."""
     epoch = start
     while True:
-        order = epoch_order(n, seed, epoch)
-        if group_by_length:
-            window = batch_size * 64
-            grouped: list[list[int]] = []
-            for w in range(0, n, window):
-                chunk = sorted(order[w : w + window], key=lambda i: lengths[i], reverse=True)
-                grouped += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-            random.Random(seed * 7_919 + epoch).shuffle(grouped)
-            for batch in grouped:
-                yield epoch, batch
-        else:
-            for i in range(0, n, batch_size):
-                yield epoch, order[i : i + batch_size]
+        for batch in epoch_batches(lengths, batch_size, seed, epoch, group_by_length)[skip:]:
+            yield epoch, batch
+        skip = 0
         epoch += 1
+
+
+class BatchStream:
+    """`micro_batches` that knows its position, so a resumed run sees exactly the same next micro-batches.
+
+    The position is (epoch, index of the next micro-batch within that epoch); an index equal to the
+    epoch's batch count simply means "the next epoch starts next".
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int,
+        group_by_length: bool = True,
+        epoch: int = 0,
+        index: int = 0,
+    ) -> None:
+        self.epoch, self.index = epoch, index
+        self._batches = micro_batches(lengths, batch_size, seed, group_by_length, start=epoch, skip=index)
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> tuple[int, list[int]]:
+        epoch, batch = next(self._batches)
+        if epoch != self.epoch:
+            self.epoch, self.index = epoch, 0
+        self.index += 1
+        return epoch, batch
 
 
 def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
@@ -143,3 +185,46 @@ def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     return torch.zeros(batch["input_ids"].shape[0], device=logp.device, dtype=logp.dtype).index_add(
         0, rows, logp
     )
+
+
+@dataclass(frozen=True)
+class StepStats:
+    loss: float  # mean loss per token under the loss, over the whole optimizer step
+    loss_tokens: int  # units the loss is averaged over: tokens under the loss (DPO: pairs)
+    tokens: int  # input tokens, padding excluded
+    extra: dict[str, float] = field(default_factory=dict)  # objective statistics, means per unit
+
+
+def accumulate_step(
+    model: nn.Module,
+    chunks: Sequence[Sequence[Any]],
+    pad_id: int,
+    backward: Callable[[torch.Tensor], Any],
+    fast: bool = True,
+    objective: Any = None,
+) -> StepStats:
+    """Forward and backward over the micro-batches of one optimizer step; gradients add up in `.grad`.
+
+    Each micro-batch's summed loss is divided by the units (tokens under the loss; DPO: pairs) of the whole
+    step, not of the micro-batch: otherwise micro-batch size and accumulation change how examples are
+    weighted (the classic accumulation bug). So 8 examples x 1 micro-batch and 1 example x 8 micro-batches
+    give the same loss and gradients. `objective`: a `train.objectives` objective; None is the token loss.
+    """
+    n_units = sum(objective.units(c) if objective else loss_tokens(c) for c in chunks)
+    step_loss = 0.0
+    step_tokens = 0
+    stats: dict[str, float] = {}
+    for chunk in chunks:
+        if objective is None:
+            batch = collate(chunk, pad_id)
+            loss_sum = token_loss_sum(model, batch, fast=fast)
+        else:
+            batch = objective.collate(chunk, pad_id)
+            loss_sum, st = objective.loss_sum(model, batch)
+            for k, v in st.items():
+                stats[k] = stats.get(k, 0.0) + v / max(n_units, 1)
+        loss = loss_sum / max(n_units, 1)
+        backward(loss)
+        step_loss += float(loss.detach())
+        step_tokens += int(batch["attention_mask"].sum())
+    return StepStats(step_loss, n_units, step_tokens, stats)

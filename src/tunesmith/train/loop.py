@@ -23,15 +23,34 @@ from rich.progress import (
 from tunesmith.config import RunConfig
 from tunesmith.data.pipeline import PreparedData
 from tunesmith.data.tokenize import Encoded
-from tunesmith.train.batching import collate, get_lr, loss_tokens, micro_batches, token_loss_sum
+from tunesmith.io import atomic_write_text
+from tunesmith.train.batching import (
+    BatchStream,
+    accumulate_step,
+    collate,
+    get_lr,
+    loss_tokens,
+    token_loss_sum,
+)
+from tunesmith.train.checkpoint import (
+    TrainingDiverged,
+    TrainState,
+    best_checkpoint,
+    checkpoints_root,
+    clean_partial,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from tunesmith.train.methods import apply_method, count_parameters, describe_parameters, save_trained
+from tunesmith.train.monitor import ValMonitor
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-
-class TrainingDiverged(RuntimeError):
-    pass
+__all__ = ["TrainResult", "TrainingDiverged", "evaluate_loss", "total_steps", "train"]
 
 
 @dataclass
@@ -44,6 +63,9 @@ class TrainResult:
     trainable_params: int
     total_params: int
     output_dir: str  # adapter/ (peft methods) or model/ (full)
+    resumed_from: int | None = None  # the checkpoint step training continued from
+    stopped_early: bool = False
+    weights_from_step: int | None = None  # the step whose weights were saved (early stopping: the best)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -72,6 +94,17 @@ def evaluate_loss(model: Any, encoded: list[Encoded], batch_size: int, pad_id: i
     return total / max(count, 1)
 
 
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the records of steps after `step`: a resumed run logs them again."""
+    if path.is_file():
+        keep = [
+            ln
+            for ln in path.read_text(encoding="utf-8").splitlines()
+            if ln and json.loads(ln)["step"] <= step
+        ]
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
 def train(
     cfg: RunConfig,
     data: PreparedData,
@@ -79,7 +112,13 @@ def train(
     tok: PreTrainedTokenizerBase,
     run_dir: Path,
     console: Console | None = None,
+    resume: bool = False,
 ) -> tuple[Any, TrainResult]:
+    """Train, writing metrics.jsonl, checkpoints/ and adapter/ into `run_dir`.
+
+    `resume`: continue from the latest complete checkpoint in `run_dir` (from the start if there is none),
+    with the same weights, optimizer, RNG states and next micro-batches as if never interrupted.
+    """
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -102,19 +141,45 @@ def train(
         betas=(0.9, 0.999),
     )
     model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
     model.train()
 
     train_set, val_set = data.train.encoded, data.val.encoded
+    if tc.early_stopping and not val_set:
+        raise ValueError("train.early_stopping needs validation examples, and the val split is empty")
     steps = total_steps(cfg, len(train_set))
     warmup = int(round(tc.warmup_ratio * steps))
     pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    batches = micro_batches([len(e.input_ids) for e in train_set], tc.batch_size, tc.seed, tc.group_by_length)
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    val_losses: list[tuple[int, float]] = []
-    tokens_seen = 0
-    loss_value = float("nan")
-    t0 = time.perf_counter()
+    ckpt_root = checkpoints_root(run_dir)
+    clean_partial(ckpt_root)  # temp folders of a save that was killed
+    last = latest_checkpoint(ckpt_root)
+    if last is not None and not resume:
+        raise FileExistsError(
+            f"{run_dir} already has checkpoints (up to step {last.step}); resume it or start a new run"
+        )
+    state = TrainState()
+    monitor = ValMonitor(tc.patience, tc.min_delta)
+    if last is not None:
+        state = load_checkpoint(last, unwrapped, optimizer)
+        monitor = ValMonitor.from_state(state.monitor)
+        console.print(f"resuming from [bold]{last.path}[/bold] (step {state.step} of {steps})")
+    _truncate_metrics(metrics_path, state.step)
+    batches = BatchStream(
+        [len(e.input_ids) for e in train_set],
+        tc.batch_size,
+        tc.seed,
+        tc.group_by_length,
+        epoch=state.epoch,
+        index=state.batch,
+    )
+    val_losses = list(state.val_losses)
+    tokens_seen = state.tokens
+    loss_value = state.loss
+    stopped = state.stopped
+    end = state.step if stopped else steps  # early stopping already ended the run that is resumed
+    t0 = time.perf_counter() - state.elapsed_s
 
     # ---- loop
     progress = Progress(
@@ -128,8 +193,8 @@ def train(
         transient=False,
     )
     with progress, metrics_path.open("a", encoding="utf-8") as log:
-        task = progress.add_task("train", total=steps, info="")
-        for step in range(steps):
+        task = progress.add_task("train", total=steps, completed=state.step, info="")
+        for step in range(state.step, end):
             lr = get_lr(step, steps, warmup, tc.lr, tc.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -137,54 +202,94 @@ def train(
             micro = [next(batches) for _ in range(tc.grad_accum)]
             epoch = micro[-1][0]
             chunks = [[train_set[i] for i in idx] for _, idx in micro]
-            # Normalise by the tokens of the whole optimizer step, not per micro-batch: otherwise micro-batch
-            # size and accumulation change the weighting of examples (the classic accumulation bug).
-            n_loss = sum(loss_tokens(c) for c in chunks)
-            step_loss = 0.0
-            step_tokens = 0
-            for chunk in chunks:
-                batch = collate(chunk, pad_id)
-                loss = token_loss_sum(model, batch) / max(n_loss, 1)
-                accelerator.backward(loss)
-                step_loss += float(loss.detach())
-                step_tokens += int(batch["attention_mask"].sum())
+            stats = accumulate_step(model, chunks, pad_id, accelerator.backward)
             grad_norm = float(accelerator.clip_grad_norm_(params, tc.max_grad_norm))
-            if not math.isfinite(step_loss) or not math.isfinite(grad_norm):
+            if not math.isfinite(stats.loss) or not math.isfinite(grad_norm):
+                good = latest_checkpoint(ckpt_root)
                 raise TrainingDiverged(
-                    f"step {step + 1}: loss={step_loss} grad_norm={grad_norm}; lower train.lr (now {tc.lr:g})"
+                    f"step {step + 1}: loss={stats.loss} grad_norm={grad_norm}; lower train.lr (now {tc.lr:g}). "
+                    f"Last good checkpoint: {good.path if good else 'none'}"
                 )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            tokens_seen += step_tokens
-            loss_value = step_loss
+            tokens_seen += stats.tokens
+            loss_value = stats.loss
+            monitor.add_train(stats.loss)
             dt = time.perf_counter() - step_start
             record: dict[str, Any] = {
                 "step": step + 1,
                 "epoch": epoch,
-                "loss": round(step_loss, 6),
+                "loss": round(stats.loss, 6),
                 "lr": lr,
                 "grad_norm": round(grad_norm, 6),
                 "tokens": tokens_seen,
-                "tokens_per_s": round(step_tokens / dt, 1),
+                "tokens_per_s": round(stats.tokens / dt, 1),
                 "elapsed_s": round(time.perf_counter() - t0, 2),
             }
             # ---- validate
+            val: float | None = None
+            improved = False
             if val_set and ((step + 1) % tc.eval_every == 0 or step + 1 == steps):
                 val = evaluate_loss(model, val_set, tc.batch_size, pad_id)
+                if not math.isfinite(val):
+                    good = latest_checkpoint(ckpt_root)
+                    raise TrainingDiverged(
+                        f"step {step + 1}: val_loss={val}; lower train.lr (now {tc.lr:g}). "
+                        f"Last good checkpoint: {good.path if good else 'none'}"
+                    )
                 val_losses.append((step + 1, val))
                 record["val_loss"] = round(val, 6)
+                verdict = monitor.update(step + 1, val)
+                improved = verdict.improved
+                if verdict.warning:
+                    console.print(f"[yellow bold]warning:[/yellow bold] step {step + 1}: {verdict.warning}")
+                    record["warning"] = verdict.warning
+                if tc.early_stopping and verdict.stop:
+                    stopped = True
+                    record["early_stop"] = True
             log.write(json.dumps(record) + "\n")
             log.flush()
-            info = f"loss {step_loss:.4f}  lr {lr:.2e}  {record['tokens_per_s']:.0f} tok/s"
+            info = f"loss {stats.loss:.4f}  lr {lr:.2e}  {record['tokens_per_s']:.0f} tok/s"
             if val_losses:
                 info += f"  val {val_losses[-1][1]:.4f}"
             progress.update(task, advance=1, info=info)
+            # ---- checkpoint (with early stopping, every new best too: the final weights come from it)
+            if (
+                (tc.save_every and (step + 1) % tc.save_every == 0)
+                or step + 1 == steps
+                or stopped
+                or (tc.early_stopping and improved)
+            ):
+                state = TrainState(
+                    step=step + 1,
+                    epoch=batches.epoch,
+                    batch=batches.index,
+                    tokens=tokens_seen,
+                    loss=loss_value,
+                    elapsed_s=time.perf_counter() - t0,
+                    val_loss=val,
+                    val_losses=val_losses,
+                    monitor=monitor.state(),
+                    stopped=stopped,
+                )
+                save_checkpoint(ckpt_root, unwrapped, optimizer, state)
+                prune_checkpoints(ckpt_root, tc.keep_checkpoints)
+            if stopped:
+                console.print(
+                    f"early stopping at step {step + 1}: no val-loss improvement for {tc.patience} evaluations"
+                )
+                break
 
-    # ---- save
-    unwrapped = accelerator.unwrap_model(model)
+    # ---- save (with early stopping: the weights of the best-val checkpoint)
+    weights_step = state.step
+    best = best_checkpoint(ckpt_root) if tc.early_stopping else None
+    if best is not None and best.step != state.step:
+        load_weights(best, unwrapped)
+        weights_step = best.step
+        console.print(f"final weights: step {best.step} (best val loss {best.state.val_loss:.4f})")
     output_dir = save_trained(unwrapped, tok, run_dir, cfg.method)  # adapter/ or model/ (full)
     result = TrainResult(
-        steps=steps,
+        steps=state.step,
         final_train_loss=loss_value,
         val_losses=val_losses,
         tokens=tokens_seen,
@@ -192,5 +297,8 @@ def train(
         trainable_params=trainable,
         total_params=total,
         output_dir=str(output_dir),
+        resumed_from=last.step if last else None,
+        stopped_early=stopped,
+        weights_from_step=weights_step,
     )
     return unwrapped, result
