@@ -84,8 +84,10 @@ def test_val_monitor_warns_once_on_overfitting_and_stops_after_patience() -> Non
 def test_accumulation_8x1_equals_1x8_on_variable_lengths(toy_config: Path, tokenizer: Any) -> None:
     cfg = load_config(toy_config)
     data = prepare(cfg, tokenizer)
-    examples = sorted(data.train.encoded, key=lambda e: len(e.input_ids))
-    chunk = [examples[0], examples[-1], *examples[1:-1:8]][:8]  # shortest, longest and between
+    by_length = {len(e.input_ids): e for e in data.train.encoded}  # one example per distinct length
+    lengths = sorted(by_length)
+    picks = [lengths[round(i * (len(lengths) - 1) / 7)] for i in range(8)]  # shortest, longest, between
+    chunk = [by_length[n] for n in picks]
     assert len({len(e.input_ids) for e in chunk}) >= 5
     model = load_model(cfg.model).float()
     for p in model.parameters():  # full gradients: the strictest comparison
