@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,13 +115,18 @@ def _train_stage(
     console: Console,
     resume: bool,
 ) -> tuple[Any, TrainResult]:
-    mark_stage(run_dir, "train", "running")
+    # Under `torchrun`/`accelerate launch` every process trains; only the first one writes the manifest.
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
+        mark_stage(run_dir, "train", "running")
     try:
         tuned, result = train(cfg, data, _load_base(cfg, model_path), tok, run_dir, console, resume=resume)
     except BaseException:
-        mark_stage(run_dir, "train", "failed")
+        if main:
+            mark_stage(run_dir, "train", "failed")
         raise
-    mark_stage(run_dir, "train", "done", train=result.as_dict())
+    if main:
+        mark_stage(run_dir, "train", "done", train=result.as_dict())
     return tuned, result
 
 

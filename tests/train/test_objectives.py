@@ -172,3 +172,102 @@ def test_dpo_data_is_encoded_as_pairs_and_other_rows_are_refused(
     assert p.chosen.input_ids != p.rejected.input_ids and p.chosen.n_loss > 0 and p.rejected.n_loss > 0
     with pytest.raises(DataError, match="train.objective dpo trains on preference pairs"):
         _prepare(tmp_path, tiny_model_dir, tokenizer, make_label_rows(20), "dpo")
+
+
+def _train_on(
+    tmp_path: Path,
+    model_dir: Path,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    train: dict[str, Any],
+    method: dict[str, Any] | None = None,
+) -> Any:
+    import json
+
+    import yaml
+    from rich.console import Console
+
+    from helpers import write_jsonl
+    from tunesmith.config import load_config
+    from tunesmith.data.pipeline import prepare
+    from tunesmith.models import load_model
+    from tunesmith.train.loop import train as train_loop
+
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    cfg_dict = {
+        "name": "o",
+        "model": str(model_dir),
+        "runs_dir": str(tmp_path / "runs"),
+        # Toy texts drawn from a 45-word vocabulary all look alike to near-dedup: keep it out of these tests.
+        "data": {
+            "train": "train.jsonl",
+            "split": {"val": 0.2, "test": 0.1},
+            "clean": {"near_dedup": False},
+            "contamination": {"action": "warn"},
+        },
+        "method": method or {"name": "lora", "r": 8, "alpha": 16},
+        "train": {"max_length": 96, "threads": 1, "warmup_ratio": 0.0, "eval_every": 100, **train},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg_dict))
+    cfg = load_config(tmp_path / "c.yaml")
+    data = prepare(cfg, tokenizer)
+    _, result = train_loop(
+        cfg, data, load_model(str(model_dir)), tokenizer, tmp_path / "run", Console(quiet=True)
+    )
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    return result, records
+
+
+def test_pretrain_lowers_held_out_loss_through_the_loop(
+    tmp_path: Path, tiny_model_dir: Path, tokenizer: Any
+) -> None:
+    import random
+
+    from helpers import random_words
+
+    rng = random.Random(3)
+    rows = [{"text": random_words(rng, rng.randint(40, 80))} for _ in range(80)]
+    result, records = _train_on(
+        tmp_path,
+        tiny_model_dir,
+        tokenizer,
+        rows,
+        {"objective": "pretrain", "max_steps": 25, "lr": 3e-3, "batch_size": 4},
+        method={"name": "full"},  # the 2-layer test model learns a new vocabulary slowly through LoRA
+    )
+    assert result.val_before is not None
+    assert records[-1]["val_loss"] < result.val_before["loss"] - 0.3
+
+
+def test_dpo_raises_the_held_out_reward_margin_through_the_loop(
+    tmp_path: Path, tiny_model_dir: Path, tokenizer: Any
+) -> None:
+    import random
+
+    from helpers import random_words
+
+    rng = random.Random(5)
+    queues = ["billing", "shipping", "security", "account"]
+    rows = []
+    for _ in range(80):
+        q = rng.choice(queues)
+        rows.append(
+            {
+                "prompt": f"{random_words(rng, 8)} {q} {random_words(rng, 4)}",
+                "chosen": f"Queue: {q}.",
+                "rejected": f"Maybe {random_words(rng, 3)}?",
+            }
+        )
+    result, records = _train_on(
+        tmp_path,
+        tiny_model_dir,
+        tokenizer,
+        rows,
+        {"objective": "dpo", "max_steps": 15, "lr": 5e-3, "batch_size": 8, "dpo_beta": 0.1},
+    )
+    before = result.val_before
+    assert before is not None and before["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    last = records[-1]
+    assert last["val_loss"] < before["loss"] - 0.05
+    assert last["val_reward_margin"] > before["reward_margin"] + 0.1
+    assert "reward_margin" in last and "reward_accuracy" in last

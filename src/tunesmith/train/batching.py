@@ -202,6 +202,7 @@ def accumulate_step(
     backward: Callable[[torch.Tensor], Any],
     fast: bool = True,
     objective: Any = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> StepStats:
     """Forward and backward over the micro-batches of one optimizer step; gradients add up in `.grad`.
 
@@ -209,12 +210,21 @@ def accumulate_step(
     step, not of the micro-batch: otherwise micro-batch size and accumulation change how examples are
     weighted (the classic accumulation bug). So 8 examples x 1 micro-batch and 1 example x 8 micro-batches
     give the same loss and gradients. `objective`: a `train.objectives` objective; None is the token loss.
+
+    `shard=(rank, world)`: data parallel. Every process sees the whole step (the batch stream is seeded
+    alike everywhere), so it knows the step's units without talking to the others, and computes only every
+    world-th example of each micro-batch; summing the processes' gradients then gives the one-process
+    gradient exactly. The returned loss and tokens are this process's share.
     """
     n_units = sum(objective.units(c) if objective else loss_tokens(c) for c in chunks)
+    rank, world = shard
+    chunks = [c[rank::world] for c in chunks]
     step_loss = 0.0
     step_tokens = 0
     stats: dict[str, float] = {}
     for chunk in chunks:
+        if not chunk:  # a tail micro-batch smaller than the number of processes
+            continue
         if objective is None:
             batch = collate(chunk, pad_id)
             loss_sum = token_loss_sum(model, batch, fast=fast)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from tunesmith.data.tokenize import Encoded
 from tunesmith.io import atomic_write_text
 from tunesmith.train.batching import (
     BatchStream,
+    StepStats,
     accumulate_step,
     collate,
     get_lr,
@@ -44,8 +46,15 @@ from tunesmith.train.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from tunesmith.train.methods import apply_method, count_parameters, describe_parameters, save_trained
+from tunesmith.train.methods import (
+    apply_method,
+    count_parameters,
+    describe_parameters,
+    output_dir_name,
+    save_trained,
+)
 from tunesmith.train.monitor import ValMonitor
+from tunesmith.train.objectives import TokenObjective, make_objective, mean_loss
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -66,6 +75,7 @@ class TrainResult:
     resumed_from: int | None = None  # the checkpoint step training continued from
     stopped_early: bool = False
     weights_from_step: int | None = None  # the step whose weights were saved (early stopping: the best)
+    val_before: dict[str, float] | None = None  # held-out loss (DPO: and rewards) before any update
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -92,6 +102,34 @@ def evaluate_loss(model: Any, encoded: list[Encoded], batch_size: int, pad_id: i
             count += loss_tokens(chunk)
     model.train(was_training)
     return total / max(count, 1)
+
+
+def _sum_gradients(params: list[Any], stats: StepStats) -> StepStats:
+    """Add up every process's gradients (and step statistics): each holds its share of the step's sum."""
+    import torch
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+    keys = sorted(stats.extra)
+    totals = torch.tensor(
+        [stats.loss, float(stats.tokens), *[stats.extra[k] for k in keys]], dtype=torch.float64
+    )
+    dist.all_reduce(totals)
+    return StepStats(
+        float(totals[0]),
+        stats.loss_tokens,
+        int(totals[1]),
+        {k: float(v) for k, v in zip(keys, totals[2:], strict=True)},
+    )
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -129,6 +167,9 @@ def train(
     torch.set_num_threads(tc.threads or os.cpu_count() or 1)
     set_seed(tc.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    if not main:  # one process reports; the others train their share quietly
+        console = Console(file=io.StringIO())
     model = apply_method(base_model, cfg.method, tok)
     trainable, total = count_parameters(model)
     console.print(describe_parameters(cfg.method.name, trainable, total))
@@ -140,8 +181,19 @@ def train(
         lr=tc.lr,
         betas=(0.9, 0.999),
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if world > 1:
+        # Data parallel without the DDP wrapper: every process walks the same seeded batch stream, computes
+        # its share of each micro-batch, and the gradients are summed across processes before the step
+        # (`_sum_gradients`). With the loss divided by the units of the *whole* step, the sum is exactly
+        # the one-process gradient, whatever the number of processes, and the wrapper (which the fast
+        # loss path would have to unwrap) is not needed.
+        model = model.to(accelerator.device)
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
+    objective = make_objective(tc.objective, unwrapped, tc.dpo_beta)
+    val_objective = objective if tc.objective == "dpo" else TokenObjective()
     model.train()
 
     train_set, val_set = data.train.encoded, data.val.encoded
@@ -153,7 +205,8 @@ def train(
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     ckpt_root = checkpoints_root(run_dir)
-    clean_partial(ckpt_root)  # temp folders of a save that was killed
+    if main:
+        clean_partial(ckpt_root)  # temp folders of a save that was killed
     last = latest_checkpoint(ckpt_root)
     if last is not None and not resume:
         raise FileExistsError(
@@ -165,7 +218,9 @@ def train(
         state = load_checkpoint(last, unwrapped, optimizer)
         monitor = ValMonitor.from_state(state.monitor)
         console.print(f"resuming from [bold]{last.path}[/bold] (step {state.step} of {steps})")
-    _truncate_metrics(metrics_path, state.step)
+    if main:
+        _truncate_metrics(metrics_path, state.step)
+    accelerator.wait_for_everyone()
     batches = BatchStream(
         [len(e.input_ids) for e in train_set],
         tc.batch_size,
@@ -192,8 +247,13 @@ def train(
         console=console,
         transient=False,
     )
+    val_before: dict[str, float] | None = None
     with progress, metrics_path.open("a", encoding="utf-8") as log:
         task = progress.add_task("train", total=steps, completed=state.step, info="")
+        if val_set and state.step == 0 and end > 0:
+            # Held-out loss before any update: the baseline every later val_loss is read against.
+            val_before = mean_loss(val_objective, model, val_set, tc.batch_size, pad_id)
+            console.print("before training: " + ", ".join(f"val {k} {v:.4f}" for k, v in val_before.items()))
         for step in range(state.step, end):
             lr = get_lr(step, steps, warmup, tc.lr, tc.min_lr_ratio)
             for group in optimizer.param_groups:
@@ -202,7 +262,16 @@ def train(
             micro = [next(batches) for _ in range(tc.grad_accum)]
             epoch = micro[-1][0]
             chunks = [[train_set[i] for i in idx] for _, idx in micro]
-            stats = accumulate_step(model, chunks, pad_id, accelerator.backward)
+            stats = accumulate_step(
+                model,
+                chunks,
+                pad_id,
+                accelerator.backward,
+                objective=objective if tc.objective == "dpo" else None,
+                shard=(rank, world),
+            )
+            if world > 1:
+                stats = _sum_gradients(params, stats)
             grad_norm = float(accelerator.clip_grad_norm_(params, tc.max_grad_norm))
             if not math.isfinite(stats.loss) or not math.isfinite(grad_norm):
                 good = latest_checkpoint(ckpt_root)
@@ -225,12 +294,15 @@ def train(
                 "tokens": tokens_seen,
                 "tokens_per_s": round(stats.tokens / dt, 1),
                 "elapsed_s": round(time.perf_counter() - t0, 2),
+                **{k: round(v, 6) for k, v in stats.extra.items()},
             }
             # ---- validate
             val: float | None = None
             improved = False
             if val_set and ((step + 1) % tc.eval_every == 0 or step + 1 == steps):
-                val = evaluate_loss(model, val_set, tc.batch_size, pad_id)
+                val_stats = mean_loss(val_objective, model, val_set, tc.batch_size, pad_id)
+                val = val_stats["loss"]
+                record.update({f"val_{k}": round(v, 6) for k, v in val_stats.items() if k != "loss"})
                 if not math.isfinite(val):
                     good = latest_checkpoint(ckpt_root)
                     raise TrainingDiverged(
@@ -247,8 +319,9 @@ def train(
                 if tc.early_stopping and verdict.stop:
                     stopped = True
                     record["early_stop"] = True
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            if main:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
             info = f"loss {stats.loss:.4f}  lr {lr:.2e}  {record['tokens_per_s']:.0f} tok/s"
             if val_losses:
                 info += f"  val {val_losses[-1][1]:.4f}"
@@ -272,8 +345,10 @@ def train(
                     monitor=monitor.state(),
                     stopped=stopped,
                 )
-                save_checkpoint(ckpt_root, unwrapped, optimizer, state)
-                prune_checkpoints(ckpt_root, tc.keep_checkpoints)
+                if main:
+                    save_checkpoint(ckpt_root, unwrapped, optimizer, state)
+                    prune_checkpoints(ckpt_root, tc.keep_checkpoints)
+                accelerator.wait_for_everyone()
             if stopped:
                 console.print(
                     f"early stopping at step {step + 1}: no val-loss improvement for {tc.patience} evaluations"
@@ -287,7 +362,10 @@ def train(
         load_weights(best, unwrapped)
         weights_step = best.step
         console.print(f"final weights: step {best.step} (best val loss {best.state.val_loss:.4f})")
-    output_dir = save_trained(unwrapped, tok, run_dir, cfg.method)  # adapter/ or model/ (full)
+    output_dir = run_dir / output_dir_name(cfg.method)
+    if main:
+        output_dir = save_trained(unwrapped, tok, run_dir, cfg.method)  # adapter/ or model/ (full)
+    accelerator.wait_for_everyone()
     result = TrainResult(
         steps=state.step,
         final_train_loss=loss_value,
@@ -300,5 +378,6 @@ def train(
         resumed_from=last.step if last else None,
         stopped_early=stopped,
         weights_from_step=weights_step,
+        val_before=val_before,
     )
     return unwrapped, result
