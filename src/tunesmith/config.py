@@ -258,6 +258,12 @@ class TrainConfig(_Strict):
     dpo_beta: float = Field(
         0.1, gt=0, description="DPO: strength of the pull towards the reference model (higher: stay closer)."
     )
+    track: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list,
+        description="Experiment trackers that also receive every metrics.jsonl record (through accelerate): "
+        "`tensorboard` (logs under the run's `tracking/`), `mlflow`, `wandb` (each needs its package: "
+        "`pip install tunesmith[track]`).",
+    )
     lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
     epochs: float = Field(
         1.0, gt=0, description="Passes over the training split (ignored when max_steps is set)."

@@ -271,3 +271,31 @@ def test_dpo_raises_the_held_out_reward_margin_through_the_loop(
     assert last["val_loss"] < before["loss"] - 0.05
     assert last["val_reward_margin"] > before["reward_margin"] + 0.1
     assert "reward_margin" in last and "reward_accuracy" in last
+
+
+def test_tensorboard_tracker_receives_the_metrics(
+    tmp_path: Path, tiny_model_dir: Path, tokenizer: Any
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from helpers import make_label_rows
+
+    rows = [{"instruction": r["instruction"], "output": r["output"]} for r in make_label_rows(60)]
+    _, records = _train_on(
+        tmp_path, tiny_model_dir, tokenizer, rows, {"max_steps": 3, "eval_every": 3, "track": ["tensorboard"]}
+    )
+    events = list((tmp_path / "run" / "tracking").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    loss = [e.value for e in acc.Scalars("loss")]
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3]
+    assert loss == pytest.approx([r["loss"] for r in records], abs=1e-5)
+    assert [e.step for e in acc.Scalars("val_loss")] == [3]
+
+
+def test_missing_tracker_package_is_a_clear_error() -> None:
+    from tunesmith.train.loop import _check_trackers
+
+    with pytest.raises(ValueError, match="train.track: wandb not installed; `pip install wandb`"):
+        _check_trackers(["wandb"])

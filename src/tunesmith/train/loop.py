@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,6 +105,33 @@ def evaluate_loss(model: Any, encoded: list[Encoded], batch_size: int, pad_id: i
     return total / max(count, 1)
 
 
+_TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+def _check_trackers(track: Sequence[str]) -> None:
+    import importlib.util
+
+    missing = [t for t in track if importlib.util.find_spec(_TRACKER_PACKAGES[t]) is None]
+    if missing:
+        raise ValueError(
+            f"train.track: {', '.join(missing)} not installed; `pip install {' '.join(missing)}` "
+            "(or `pip install tunesmith[track]`), or remove it from train.track"
+        )
+
+
+def _flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {"train.lr": ...} with scalar values (trackers take flat hyperparameters)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_config(v, f"{prefix}{k}."))
+        elif isinstance(v, bool | int | float | str) or v is None:
+            out[f"{prefix}{k}"] = "" if v is None else v
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v)
+    return out
+
+
 def _sum_gradients(params: list[Any], stats: StepStats) -> StepStats:
     """Add up every process's gradients (and step statistics): each holds its share of the step's sum."""
     import torch
@@ -166,7 +194,16 @@ def train(
     # ---- setup
     torch.set_num_threads(tc.threads or os.cpu_count() or 1)
     set_seed(tc.seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    _check_trackers(tc.track)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        log_with=list(tc.track) or None,
+        project_dir=str(run_dir / "tracking"),
+    )
+    if tc.track:
+        accelerator.init_trackers(
+            cfg.name, config={k: v for k, v in _flat_config(cfg.model_dump(mode="json")).items()}
+        )
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     if not main:  # one process reports; the others train their share quietly
         console = Console(file=io.StringIO())
@@ -322,6 +359,11 @@ def train(
             if main:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
+            if tc.track:
+                accelerator.log(
+                    {k: v for k, v in record.items() if isinstance(v, int | float) and k != "step"},
+                    step=step + 1,
+                )
             info = f"loss {stats.loss:.4f}  lr {lr:.2e}  {record['tokens_per_s']:.0f} tok/s"
             if val_losses:
                 info += f"  val {val_losses[-1][1]:.4f}"
@@ -362,6 +404,8 @@ def train(
         load_weights(best, unwrapped)
         weights_step = best.step
         console.print(f"final weights: step {best.step} (best val loss {best.state.val_loss:.4f})")
+    if tc.track:
+        accelerator.end_training()
     output_dir = run_dir / output_dir_name(cfg.method)
     if main:
         output_dir = save_trained(unwrapped, tok, run_dir, cfg.method)  # adapter/ or model/ (full)
