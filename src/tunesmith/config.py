@@ -248,12 +248,13 @@ class MethodConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    objective: Literal["sft", "pretrain", "dpo"] = Field(
+    objective: Literal["sft", "pretrain", "dpo", "classify"] = Field(
         "sft",
         description="`sft`: instruction/chat rows, loss on assistant turns. `pretrain`: continued pre-training "
         "on raw text ({text} rows, .txt/.md folders) packed into full max_length blocks, loss on every token. "
         "`dpo`: preference pairs ({prompt, chosen, rejected}); the reference model is the base with the adapter "
-        "disabled.",
+        "disabled. `classify`: a sequence-classification head on the last prompt token, trained on labelled rows "
+        "(CSV text,label or any rows whose answer is the label); evaluated as accuracy/F1 with label probabilities.",
     )
     dpo_beta: float = Field(
         0.1, gt=0, description="DPO: strength of the pull towards the reference model (higher: stay closer)."

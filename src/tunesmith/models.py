@@ -176,6 +176,24 @@ def quantization_config_4bit() -> Any:
     )
 
 
+def load_classifier(path: str, labels: list[str], pad_token_id: int) -> PreTrainedModel:
+    """The base model with a sequence-classification head (new, randomly initialised) for `labels`."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            path,
+            dtype=torch.float32,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={lab: i for i, lab in enumerate(labels)},
+            pad_token_id=pad_token_id,  # the head reads the last non-padding token of each row
+        )
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load {path!r} with a classification head: {e}") from e
+
+
 def load_model(path: str, dtype: Any = None, load_in_4bit: bool = False) -> PreTrainedModel:
     """Load a causal LM in float32 (default), or 4-bit NF4 on the current CUDA device (`load_in_4bit`, for
     qlora; check_method_available has already made sure there is a GPU and bitsandbytes)."""

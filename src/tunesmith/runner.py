@@ -26,8 +26,9 @@ from tunesmith.data.pipeline import (
 from tunesmith.data.report import print_preflight, write_preflight_html
 from tunesmith.data.validate import DataError
 from tunesmith.eval.evaluate import evaluate
+from tunesmith.eval.heldout import evaluate_heldout
 from tunesmith.eval.report import build_report
-from tunesmith.models import load_model, load_tokenizer, resolve_model
+from tunesmith.models import load_classifier, load_model, load_tokenizer, resolve_model
 from tunesmith.registry import init_manifest, mark_stage, new_run_dir, read_manifest
 from tunesmith.train.loop import TrainResult, train
 from tunesmith.train.methods import PEFT_METHODS, check_method_available, output_dir_name
@@ -85,16 +86,22 @@ def prepare_run(cfg: RunConfig, console: Console) -> Path:
     return _start_run(cfg, console)[0]
 
 
-def _load_base(cfg: RunConfig, model_path: str) -> Any:
+def _load_base(cfg: RunConfig, model_path: str, class_labels: list[str] | None = None) -> Any:
+    if cfg.train.objective == "classify":
+        tok = load_tokenizer(model_path)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        return load_classifier(model_path, class_labels or [], int(pad))
     return load_model(model_path, load_in_4bit=cfg.method.name == "qlora")
 
 
-def _base_loader(cfg: RunConfig, model_path: str, device: Any) -> Callable[[], Any] | None:
+def _base_loader(
+    cfg: RunConfig, model_path: str, device: Any, class_labels: list[str] | None = None
+) -> Callable[[], Any] | None:
     """For a full fine-tune, how evaluate() gets the original weights back (see evaluate), on the device
     the tuned model generates on."""
     if cfg.method.name in PEFT_METHODS:
         return None
-    return lambda: _load_base(cfg, model_path).to(device)
+    return lambda: _load_base(cfg, model_path, class_labels).to(device)
 
 
 def _on_accelerator(model: Any) -> Any:
@@ -120,7 +127,8 @@ def _train_stage(
     if main:
         mark_stage(run_dir, "train", "running")
     try:
-        tuned, result = train(cfg, data, _load_base(cfg, model_path), tok, run_dir, console, resume=resume)
+        base = _load_base(cfg, model_path, data.preflight.get("class_labels"))
+        tuned, result = train(cfg, data, base, tok, run_dir, console, resume=resume)
     except BaseException:
         if main:
             mark_stage(run_dir, "train", "failed")
@@ -146,6 +154,7 @@ def load_prepared(run_dir: Path, cfg: RunConfig, tok: Any) -> PreparedData:
             preflight["stop_token_ids"],
             cfg.data.on_overlength,
             cfg.train.objective,
+            {lab: i for i, lab in enumerate(preflight.get("class_labels", []))},
         )
         if issues:
             raise DataError(issues)
@@ -208,8 +217,7 @@ def run_all(cfg: RunConfig, console: Console, resume_dir: Path | None = None) ->
         data = load_prepared(run_dir, cfg, tok)
     tuned, _ = _train_stage(cfg, data, model_path, tok, run_dir, console, resume=resume_dir is not None)
 
-    load_base = _base_loader(cfg, model_path, tuned.device)
-    ev = evaluate(cfg, run_dir, tuned, tok, data.test.examples, console, load_base=load_base)
+    ev = _evaluate(cfg, run_dir, tuned, tok, data, console, model_path)
     mark_stage(run_dir, "eval", "done")
     report = build_report(run_dir, title=f"{cfg.name}: fine-tuning report")
     print_eval(ev, console)
@@ -220,6 +228,27 @@ def run_all(cfg: RunConfig, console: Console, resume_dir: Path | None = None) ->
 def load_run_config(run_dir: Path) -> RunConfig:
     raw = yaml.safe_load((run_dir / "resolved.yaml").read_text(encoding="utf-8"))
     return validate_config(raw, base_dir=run_dir, source=str(run_dir / "resolved.yaml"))
+
+
+def _preflight(run_dir: Path) -> dict[str, Any]:
+    return dict(json.loads((run_dir / "data" / "preflight.json").read_text(encoding="utf-8")))
+
+
+def _load_classifier_dir(path: str) -> Any:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+
+
+def _evaluate(
+    cfg: RunConfig, run_dir: Path, model: Any, tok: Any, data: PreparedData, console: Console, model_path: str
+) -> dict[str, Any]:
+    """Generation eval for sft/dpo; label probabilities (classify) or held-out loss (pretrain) otherwise."""
+    load_base = _base_loader(cfg, model_path, model.device, data.preflight.get("class_labels"))
+    if cfg.train.objective in ("classify", "pretrain"):
+        return evaluate_heldout(cfg, run_dir, model, tok, data, load_base=load_base)
+    return evaluate(cfg, run_dir, model, tok, data.test.examples, console, load_base=load_base)
 
 
 def eval_run(run_dir: Path, console: Console) -> RunOutcome:
@@ -235,16 +264,18 @@ def eval_run(run_dir: Path, console: Console) -> RunOutcome:
         if not (saved / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{saved} has no adapter; run `tunesmith train` first")
         tok = load_tokenizer(str(saved))
-        model = PeftModel.from_pretrained(_load_base(cfg, manifest["model_path"]), str(saved))
+        labels = _preflight(run_dir).get("class_labels")
+        model = PeftModel.from_pretrained(_load_base(cfg, manifest["model_path"], labels), str(saved))
     else:
         if not (saved / "config.json").is_file():
             raise FileNotFoundError(f"{saved} has no model; run `tunesmith train` first")
         tok = load_tokenizer(str(saved))
-        model = load_model(str(saved))
+        model = (
+            load_model(str(saved)) if cfg.train.objective != "classify" else _load_classifier_dir(str(saved))
+        )
     model = _on_accelerator(model)
-    test = read_prepared_examples(run_dir / "data" / "test.jsonl")
-    load_base = _base_loader(cfg, manifest["model_path"], model.device)
-    ev = evaluate(cfg, run_dir, model, tok, test, console, load_base=load_base)
+    data = load_prepared(run_dir, cfg, tok)
+    ev = _evaluate(cfg, run_dir, model, tok, data, console, manifest["model_path"])
     mark_stage(run_dir, "eval", "done")
     build_report(run_dir, title=f"{cfg.name}: fine-tuning report")
     print_eval(ev, console)

@@ -103,7 +103,11 @@ def save(data: PreparedData, key: str) -> Path:
         for name in _SPLITS:
             items = getattr(data, name).encoded
             pairs = bool(items) and hasattr(items[0], "chosen")
+            classes = bool(items) and hasattr(items[0], "label_id")
             arrays[f"{name}_pairs"] = np.array(pairs)
+            arrays[f"{name}_class"] = np.array([e.label_id for e in items] if classes else [], dtype=np.int64)
+            if classes:
+                items = [Encoded(e.input_ids, [-100] * len(e.input_ids)) for e in items]
             enc = [s for p in items for s in (p.chosen, p.rejected)] if pairs else items
             lengths = np.array([len(e.input_ids) for e in enc], dtype=np.int64)
             arrays[f"{name}_lengths"] = lengths
@@ -136,6 +140,12 @@ def load(key: str) -> PreparedData | None:
                 from tunesmith.train.objectives import PairEncoded
 
                 encoded = [PairEncoded(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+            elif f"{name}_class" in z and len(z[f"{name}_class"]):
+                from tunesmith.train.objectives import ClassEncoded
+
+                encoded = [
+                    ClassEncoded(e.input_ids, int(c)) for e, c in zip(flat, z[f"{name}_class"], strict=True)
+                ]
             splits[name] = Split(examples, encoded)
     preflight["cache"] = {"hit": True, "key": key, "dir": str(target)}
     return PreparedData(splits["train"], splits["val"], splits["test"], preflight)

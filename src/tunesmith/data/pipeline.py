@@ -23,6 +23,7 @@ from tunesmith.data.tokenize import (
     TemplateError,
     TooLongError,
     encode_chat,
+    encode_prompt,
     render_parity,
     stop_token_ids,
 )
@@ -70,8 +71,9 @@ def read_splits(cfg: RunConfig) -> CleanSplits:
         return CleanSplits(files.load("train"), files.load("val"), files.load("test"), files.report)
 
 
-_KIND_FOR = {"sft": "chat", "pretrain": "text", "dpo": "preference"}
+_KIND_FOR = {"sft": "chat", "pretrain": "text", "dpo": "preference", "classify": "chat"}
 _ROWS_FOR = {
+    "classify": "labelled rows (text,label CSV, or rows whose answer is the label)",
     "sft": "instruction/chat/classification rows",
     "pretrain": "raw text ({text} rows or .txt/.md files)",
     "dpo": "preference pairs ({prompt, chosen, rejected})",
@@ -85,8 +87,10 @@ def encode_split(
     stop_ids: Sequence[int],
     on_overlength: str,
     objective: str = "sft",
+    label_index: dict[str, int] | None = None,
 ) -> tuple[list[Example], list[Any], list[DataIssue], Counter[str]]:
-    from tunesmith.train.objectives import encode_pair, pack_texts
+    """Tokenize one split for `objective` (classify: `label_index` maps each label to its class index)."""
+    from tunesmith.train.objectives import ClassEncoded, encode_pair, pack_texts
 
     kept: list[Example] = []
     encoded: list[Any] = []
@@ -108,6 +112,31 @@ def encode_split(
             continue
         if objective == "pretrain":
             kept.append(ex)  # packed below, across examples
+            continue
+        if objective == "classify":
+            label = class_label(ex)
+            if label not in (label_index or {}):
+                issues.append(
+                    DataIssue(
+                        file, line, "label", f"{label!r} does not occur in the train split", "unknown_label"
+                    )
+                )
+                continue
+            ids = encode_prompt(tok, ex.messages)
+            if len(ids) > max_length:
+                counts["overlength"] += 1
+                if on_overlength == "error":
+                    issues.append(
+                        DataIssue(file, line, "", str(TooLongError(len(ids), max_length)), "too_long")
+                    )
+                    continue
+                if on_overlength == "drop":
+                    counts["overlength_dropped"] += 1
+                    continue
+                counts["overlength_truncated"] += 1
+                ids = ids[:max_length]  # the head reads the last token kept
+            kept.append(ex)
+            encoded.append(ClassEncoded(ids, (label_index or {})[label]))
             continue
         try:
             if objective == "dpo":
@@ -146,11 +175,22 @@ def encode_split(
     return kept, encoded, issues, counts
 
 
+def class_label(ex: Example) -> str:
+    """The class of a labelled example: its `label`, or else its answer."""
+    return ex.label if ex.label is not None else ex.reference.strip()
+
+
 def _flat(encoded: Sequence[Any]) -> list[Encoded]:
-    """Every tokenized sequence of a split: DPO pairs count both sides."""
+    """Every tokenized sequence of a split: DPO pairs count both sides; a classification example's tokens
+    carry no token loss (its loss is on the label)."""
     out: list[Encoded] = []
     for e in encoded:
-        out += [e.chosen, e.rejected] if hasattr(e, "chosen") else [e]
+        if hasattr(e, "chosen"):
+            out += [e.chosen, e.rejected]
+        elif hasattr(e, "label_id"):
+            out.append(Encoded(e.input_ids, [IGNORE] * len(e.input_ids)))
+        else:
+            out.append(e)
     return out
 
 
@@ -173,9 +213,11 @@ def prepare(cfg: RunConfig, tok: PreTrainedTokenizerBase, generation_config: Any
     issues: list[DataIssue] = []
     splits: dict[str, Split] = {}
     overlength: dict[str, dict[str, int]] = {}
+    class_labels = sorted({class_label(e) for e in cs.train}) if cfg.train.objective == "classify" else []
+    label_index = {lab: i for i, lab in enumerate(class_labels)}
     for name, exs in (("train", cs.train), ("val", cs.val), ("test", cs.test)):
         kept, enc, bad, counts = encode_split(
-            tok, exs, cfg.train.max_length, stops, cfg.data.on_overlength, cfg.train.objective
+            tok, exs, cfg.train.max_length, stops, cfg.data.on_overlength, cfg.train.objective, label_index
         )
         issues += bad
         splits[name] = Split(kept, enc)
@@ -209,6 +251,7 @@ def prepare(cfg: RunConfig, tok: PreTrainedTokenizerBase, generation_config: Any
         },
         "token_lengths": {k: [len(e.input_ids) for e in _flat(v.encoded)] for k, v in splits.items()},
         "objective": cfg.train.objective,
+        "class_labels": class_labels,
         "train_items": len(splits["train"].encoded),
         "max_length": cfg.train.max_length,
         "overlength": overlength,

@@ -31,6 +31,7 @@ FIXES: dict[str, str] = {
     "bad_file": "use a supported file type",
     "degenerate": "remove the example or fix the answer",
     "template": "use a model whose chat template renders earlier turns unchanged",
+    "unknown_label": "every val/test label must also occur in the train split (the classifier has one output per train label)",
     "wrong_kind": "this objective cannot train on these rows; check data.format and the files",
 }
 

@@ -230,7 +230,7 @@ def train(
         model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
     objective = make_objective(tc.objective, unwrapped, tc.dpo_beta)
-    val_objective = objective if tc.objective == "dpo" else TokenObjective()
+    val_objective = objective if tc.objective in ("dpo", "classify") else TokenObjective()
     model.train()
 
     train_set, val_set = data.train.encoded, data.val.encoded
@@ -304,7 +304,7 @@ def train(
                 chunks,
                 pad_id,
                 accelerator.backward,
-                objective=objective if tc.objective == "dpo" else None,
+                objective=objective if tc.objective in ("dpo", "classify") else None,
                 shard=(rank, world),
             )
             if world > 1:

@@ -54,7 +54,9 @@ def output_dir_name(method: MethodConfig) -> str:
     return "adapter" if method.name in PEFT_METHODS else "model"
 
 
-def peft_config(method: MethodConfig, tokenizer_path: str | None = None) -> PeftConfig:
+def peft_config(
+    method: MethodConfig, tokenizer_path: str | None = None, classification: bool = False
+) -> PeftConfig:
     """The peft configuration of a peft method (see MethodConfig for what each option means)."""
     from peft import (
         IA3Config,
@@ -65,7 +67,8 @@ def peft_config(method: MethodConfig, tokenizer_path: str | None = None) -> Peft
         TaskType,
     )
 
-    task = TaskType.CAUSAL_LM
+    # SEQ_CLS also makes peft train and save the new classification head (`score`) in full.
+    task = TaskType.SEQ_CLS if classification else TaskType.CAUSAL_LM
     target = method.target_modules
     if method.name in ("lora", "dora", "qlora"):
         return LoraConfig(
@@ -150,7 +153,8 @@ def apply_method(
     if method.name == "ia3":
         _check_ia3_defaults(model, method)
     tokenizer_path = getattr(tokenizer, "name_or_path", None) if tokenizer is not None else None
-    return get_peft_model(model, peft_config(method, tokenizer_path))
+    classification = type(model).__name__.endswith("ForSequenceClassification")
+    return get_peft_model(model, peft_config(method, tokenizer_path, classification))
 
 
 def _numel(p: Any) -> int:

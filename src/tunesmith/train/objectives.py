@@ -54,6 +54,14 @@ def encode_pair(
     )
 
 
+@dataclass(frozen=True)
+class ClassEncoded:
+    """A classification example: the prompt's tokens (up to the assistant header) and the label's index."""
+
+    input_ids: list[int]
+    label_id: int
+
+
 def pack_texts(tok: PreTrainedTokenizerBase, texts: Iterable[str], block: int) -> list[Encoded]:
     """Documents -> token stream (each document with the tokenizer's own BOS/EOS handling, then EOS) ->
     blocks of exactly `block` tokens; a final shorter block is kept when it holds at least a quarter block.
@@ -158,12 +166,52 @@ class DPOObjective:
         return loss, stats  # stats are sums over the pairs; divide by `units` for means
 
 
-Objective = TokenObjective | DPOObjective
+class ClassifyObjective:
+    """A sequence-classification head over the last prompt token: cross-entropy per example, averaged per
+    example; the head gives calibrated label probabilities instead of generated text."""
+
+    name = "classify"
+
+    def units(self, chunk: Sequence[ClassEncoded]) -> int:
+        return len(chunk)
+
+    def collate(self, chunk: Sequence[ClassEncoded], pad_id: int) -> dict[str, torch.Tensor]:
+        import torch
+
+        width = max(len(e.input_ids) for e in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, e in enumerate(chunk):
+            ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+            mask[i, : len(e.input_ids)] = 1
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "class_labels": torch.tensor([e.label_id for e in chunk], dtype=torch.long),
+        }
+
+    def loss_sum(
+        self, model: nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        import torch.nn.functional as F
+
+        device = next(p for p in model.parameters()).device
+        logits = model(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+        ).logits.float()
+        labels = batch["class_labels"].to(device)
+        loss = F.cross_entropy(logits, labels, reduction="sum")
+        return loss, {"accuracy": float((logits.argmax(-1) == labels).float().sum())}
+
+
+Objective = TokenObjective | DPOObjective | ClassifyObjective
 
 
 def make_objective(name: str, model: nn.Module, beta: float = 0.1) -> Objective:
     if name == "dpo":
         return DPOObjective.for_model(model, beta)
+    if name == "classify":
+        return ClassifyObjective()
     obj = TokenObjective()
     obj.name = name
     return obj
@@ -194,6 +242,8 @@ def mean_loss(
 
 
 __all__ = [
+    "ClassEncoded",
+    "ClassifyObjective",
     "DPOObjective",
     "Objective",
     "PairEncoded",
