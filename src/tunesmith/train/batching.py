@@ -115,6 +115,39 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def collate_packed(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Padding-free: the micro-batch's examples end to end in one row, no padding token at all.
+
+    `position_ids` restart at 0 for every example, and no attention mask is passed: transformers then builds a
+    block-diagonal causal mask from the position restarts (masking_utils.find_packed_sequence_indices), so an
+    example attends to itself only, exactly as in its own padded row. The first token of every example is
+    kept out of the loss: it would be the target of the previous example's last position, a prediction
+    across examples (its own row never predicts it either, the causal shift drops position 0).
+    """
+    import torch
+
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    for e in batch:
+        n = len(e.input_ids)
+        ids += e.input_ids
+        labels += [IGNORE, *e.labels[1:]]
+        positions += range(n)
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "labels": torch.tensor([labels], dtype=torch.long),
+        "position_ids": torch.tensor([positions], dtype=torch.long),
+    }
+
+
+def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Real (non-padding) input tokens of a collated batch."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return int(batch["input_ids"].numel())
+
+
 def loss_tokens(batch: Sequence[Encoded]) -> int:
     """Tokens that will carry loss after the causal shift (the first position predicts nothing)."""
     return sum(sum(1 for lab in e.labels[1:] if lab != IGNORE) for e in batch)
@@ -129,6 +162,17 @@ def uses_virtual_tokens(model: nn.Module) -> bool:
     """Prefix/prompt tuning (peft "prompt learning"): the forward adds virtual tokens to the input."""
     config = getattr(model, "active_peft_config", None)
     return bool(getattr(config, "is_prompt_learning", False))
+
+
+def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    # Padded batches carry an attention mask; packed ones carry position ids instead (see collate_packed).
+    # No KV cache: a loss pass never decodes, and transformers builds the packed (block-diagonal) mask only
+    # when there is no cache object.
+    inputs: dict[str, Any] = {
+        k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch
+    }
+    inputs["use_cache"] = False
+    return inputs
 
 
 def loss_position_logits(
@@ -150,9 +194,7 @@ def loss_position_logits(
     if fast and not uses_virtual_tokens(model):
         lm = _causal_lm(model)
         decoder = getattr(lm, lm.base_model_prefix)
-        hidden = decoder(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).last_hidden_state
+        hidden = decoder(**_model_inputs(batch)).last_hidden_state
         logits = lm.get_output_embeddings()(hidden[:, :-1][keep])
         cap = getattr(lm.config, "final_logit_softcapping", None)
         if cap:
@@ -162,7 +204,7 @@ def loss_position_logits(
         # them to the sequence, so logits hold num_virtual_tokens extra leading positions: the last
         # input-length positions are the input's. Prefix tuning puts them in the KV cache (past_key_values),
         # and logits are input-length already; the same slice keeps all of them.
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        out = model(**_model_inputs(batch))
         logits = out.logits[:, -batch["input_ids"].shape[1] :][:, :-1][keep]
     rows = keep.nonzero()[:, 0]
     return logits, labels[keep], rows
@@ -203,6 +245,7 @@ def accumulate_step(
     fast: bool = True,
     objective: Any = None,
     shard: tuple[int, int] = (0, 1),
+    packed: bool = False,
 ) -> StepStats:
     """Forward and backward over the micro-batches of one optimizer step; gradients add up in `.grad`.
 
@@ -226,7 +269,7 @@ def accumulate_step(
         if not chunk:  # a tail micro-batch smaller than the number of processes
             continue
         if objective is None:
-            batch = collate(chunk, pad_id)
+            batch = collate_packed(chunk, pad_id) if packed else collate(chunk, pad_id)
             loss_sum = token_loss_sum(model, batch, fast=fast)
         else:
             batch = objective.collate(chunk, pad_id)
@@ -236,5 +279,5 @@ def accumulate_step(
         loss = loss_sum / max(n_units, 1)
         backward(loss)
         step_loss += float(loss.detach())
-        step_tokens += int(batch["attention_mask"].sum())
+        step_tokens += batch_tokens(batch)
     return StepStats(step_loss, n_units, step_tokens, stats)

@@ -306,6 +306,7 @@ def train(
                 accelerator.backward,
                 objective=objective if tc.objective in ("dpo", "classify") else None,
                 shard=(rank, world),
+                packed=tc.packing,
             )
             if world > 1:
                 stats = _sum_gradients(params, stats)
