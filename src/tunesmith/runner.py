@@ -18,6 +18,7 @@ from tunesmith.eval.report import build_report
 from tunesmith.models import load_model, load_tokenizer, resolve_model
 from tunesmith.registry import init_manifest, mark_stage, new_run_dir, read_manifest
 from tunesmith.train.loop import train
+from tunesmith.train.plan import DataStats, Plan, PlanError, make_plan, plans_table, target_device
 
 
 @dataclass
@@ -45,28 +46,57 @@ def check_data(cfg: RunConfig, console: Console) -> tuple[str, Any, PreparedData
     return model_path, tok, data
 
 
-def _start_run(cfg: RunConfig, console: Console) -> tuple[Path, str, Any, PreparedData]:
+def plan_on_this_machine(cfg: RunConfig, model_path: str, data: PreparedData, console: Console) -> Plan:
+    """The memory and time plan on this machine (no weights loaded), printed."""
+    plan = make_plan(cfg, model_path, DataStats.from_prepared(data), target_device(None, cfg.train.threads))
+    console.print(plans_table([plan]))
+    return plan
+
+
+def _start_run(
+    cfg: RunConfig, console: Console, refuse_unfit: bool
+) -> tuple[Path, str, Any, PreparedData, Plan]:
     model_path, tok, data = check_data(cfg, console)
+    plan = plan_on_this_machine(cfg, model_path, data, console)
+    if not plan.fits:
+        if refuse_unfit:
+            raise PlanError(plan.refusal())
+        console.print(f"[yellow]warning:[/yellow] {plan.refusal()}", highlight=False)
+    data.preflight["plan"] = plan.as_dict()
     run_dir = new_run_dir(cfg)
     console.print(f"run directory: [bold]{run_dir}[/bold]")
     init_manifest(run_dir, cfg, model_path)
     write_prepared(data, run_dir / "data")
     write_preflight_html(data.preflight, run_dir / "data" / "preflight.html", f"{cfg.name}: pre-flight")
     mark_stage(
-        run_dir, "data", "done", preflight={k: v for k, v in data.preflight.items() if k != "token_lengths"}
+        run_dir,
+        "data",
+        "done",
+        preflight={k: v for k, v in data.preflight.items() if k not in ("token_lengths", "plan")},
+        plan=plan.as_dict(),
     )
-    return run_dir, model_path, tok, data
+    return run_dir, model_path, tok, data, plan
 
 
 def prepare_run(cfg: RunConfig, console: Console) -> Path:
     """The data stage alone: a run directory holding the prepared splits and the pre-flight report."""
-    return _start_run(cfg, console)[0]
+    return _start_run(cfg, console, refuse_unfit=False)[0]
 
 
 def run_all(cfg: RunConfig, console: Console) -> RunOutcome:
-    run_dir, model_path, tok, data = _start_run(cfg, console)
+    """Every stage. Raises PlanError before any weights load when the plan cannot fit this machine."""
+    run_dir, model_path, tok, data, plan = _start_run(cfg, console, refuse_unfit=True)
     model = load_model(model_path)
-    tuned, result = train(cfg, data, model, tok, run_dir, console)
+    tuned, result = train(
+        cfg,
+        data,
+        model,
+        tok,
+        run_dir,
+        console,
+        gradient_checkpointing=plan.gradient_checkpointing,
+        precision=plan.precision,
+    )
     mark_stage(run_dir, "train", "done", train=result.as_dict())
 
     ev = evaluate(cfg, run_dir, tuned, tok, data.test.examples, console)

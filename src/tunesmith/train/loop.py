@@ -26,6 +26,7 @@ from tunesmith.data.tokenize import Encoded
 from tunesmith.io import atomic_dir
 from tunesmith.train.batching import collate, get_lr, loss_tokens, micro_batches, token_loss_sum
 from tunesmith.train.methods import apply_method, count_parameters
+from tunesmith.train.precision import resolve_precision
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -80,7 +81,11 @@ def train(
     tok: PreTrainedTokenizerBase,
     run_dir: Path,
     console: Console | None = None,
+    gradient_checkpointing: bool | None = None,
+    precision: str | None = None,
 ) -> tuple[Any, TrainResult]:
+    """`gradient_checkpointing` and `precision`: the run's memory plan decides (`auto` in the config);
+    None: the config's explicit value (auto reads as off), and its precision resolved for this machine."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -92,6 +97,11 @@ def train(
     set_seed(tc.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model = apply_method(base_model, cfg.method)
+    if tc.gradient_checkpointing is True if gradient_checkpointing is None else gradient_checkpointing:
+        # Non-reentrant: gradients reach adapters of frozen layers (transformers also hooks the inputs).
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    precision = precision or resolve_precision(tc.precision, accelerator.device.type)
+    autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     trainable, total = count_parameters(model)
     console.print(
         f"[bold]{cfg.method.name}[/bold]: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)"
@@ -147,7 +157,8 @@ def train(
             step_tokens = 0
             for chunk in chunks:
                 batch = collate(chunk, pad_id)
-                loss = token_loss_sum(model, batch) / max(n_loss, 1)
+                with autocast:
+                    loss = token_loss_sum(model, batch) / max(n_loss, 1)
                 accelerator.backward(loss)
                 step_loss += float(loss.detach())
                 step_tokens += int(batch["attention_mask"].sum())
