@@ -28,6 +28,12 @@ from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from tunesmith.malloc import limit_heap_fragmentation  # noqa: E402
+
+# As the CLI does; --default-malloc measures without it.
+if "--default-malloc" not in sys.argv:
+    limit_heap_fragmentation()
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "support-tickets" / "tunesmith.yaml"
 OUT = ROOT / "benchmarks" / "results" / "memory_plan.json"
@@ -102,6 +108,11 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["full", "lora"])
     ap.add_argument("--checkpointing", action="store_true", help="Also measure with gradient checkpointing.")
     ap.add_argument("--override", nargs="*", default=[], help="Config overrides, e.g. train.batch_size=4.")
+    ap.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="Leave glibc's dynamic mmap threshold on (see malloc.py).",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -110,21 +121,28 @@ def main() -> None:
         return
 
     results = []
+    # Each method in its own process, all at once: peak memory does not depend on how busy the cores are.
+    children = []
     for ckpt in [False, True] if args.checkpointing else [False]:
         for method in args.methods:
             cmd = [sys.executable, __file__, "--child", method, *(["--ckpt"] if ckpt else [])]
+            if args.default_malloc:
+                cmd.append("--default-malloc")
             if args.override:
                 cmd += ["--override", *args.override]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ, cwd=ROOT)
-            if proc.returncode != 0:
-                raise SystemExit(f"{method}: child failed:\n{proc.stderr[-3000:]}")
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            results.append(r)
-            print(
-                f"{method:6s} ckpt={ckpt!s:5s} estimate {r['estimate_peak'] / GiB:.3f} GiB  "
-                f"measured {r['measured_peak_rss'] / GiB:.3f} GiB  ({100 * r['error']:+.1f}%)",
-                flush=True,
-            )
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+            children.append((method, ckpt, proc))
+    for method, ckpt, proc in children:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"{method}: child failed:\n{err[-3000:]}")
+        r = json.loads(out.strip().splitlines()[-1])
+        results.append(r)
+        print(
+            f"{method:6s} ckpt={ckpt!s:5s} estimate {r['estimate_peak'] / GiB:.3f} GiB  "
+            f"measured {r['measured_peak_rss'] / GiB:.3f} GiB  ({100 * r['error']:+.1f}%)",
+            flush=True,
+        )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(
         json.dumps(
@@ -133,6 +151,9 @@ def main() -> None:
                 "nothing subtracted) training SmolLM2-135M on examples/support-tickets through the real loop",
                 "config": str(CONFIG.relative_to(ROOT)),
                 "overrides": args.override,
+                "malloc": "glibc default (dynamic mmap threshold)"
+                if args.default_malloc
+                else "mmap threshold fixed at 128 KiB (tunesmith.malloc, as the CLI does)",
                 "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
                 "results": results,
             },

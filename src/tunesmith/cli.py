@@ -10,6 +10,10 @@ import os
 # for the cores; passive waiting costs little when the machine is idle. Must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from tunesmith.malloc import limit_heap_fragmentation  # noqa: E402
+
+limit_heap_fragmentation()  # before torch allocates: see tunesmith/malloc.py
+
 from pathlib import Path  # noqa: E402
 from typing import Annotated  # noqa: E402
 

@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import Console
 from rich.progress import (
@@ -99,7 +99,9 @@ def train(
     model = apply_method(base_model, cfg.method)
     if tc.gradient_checkpointing is True if gradient_checkpointing is None else gradient_checkpointing:
         # Non-reentrant: gradients reach adapters of frozen layers (transformers also hooks the inputs).
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        cast(Any, model).activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
     precision = precision or resolve_precision(tc.precision, accelerator.device.type)
     autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     trainable, total = count_parameters(model)

@@ -316,11 +316,13 @@ def count_params(model_path: str, spec: MethodSpec) -> tuple[Shape, Params]:
     first = next(m for m in model.modules() if isinstance(m, nn.ModuleList))[0]
     adapter_width = adapted_out = 0
     if spec.name in ("lora", "dora", "qlora"):
+        mod: Any
         for mod in first.modules():
             a = getattr(mod, "lora_A", None)
             if isinstance(a, nn.ModuleDict) and a:
-                adapter_width += next(iter(a.values())).out_features
-                adapted_out += mod.base_layer.out_features
+                inner: Any = next(iter(a.values()))
+                adapter_width += int(inner.out_features)
+                adapted_out += int(mod.base_layer.out_features)
     norms = [m for m in first.modules() if "norm" in type(m).__name__.lower()]
     return shape, Params(
         total=sum(p.numel() for p in params),
@@ -701,7 +703,7 @@ def measure_steps(
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    model = load_model(model_path)
+    model: Any = load_model(model_path)
     if plan.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
