@@ -110,7 +110,12 @@ def test_gradient_checkpointing_lowers_activations_and_auto_turns_it_on(
     assert not roomy.gradient_checkpointing
     tight = dataclasses.replace(CPU, memory_bytes=on.memory.peak // 2)
     refused = make_plan(cfg, model_path, stats, tight, "lora", framework_bytes=0)
-    assert not refused.fits and "Biggest part: activations" in refused.refusal()
+    assert not refused.fits and refused.gradient_checkpointing  # auto tried it; still too big
+    assert (
+        "(gradient checkpointing on)" in refused.refusal()
+        and "Biggest part: activations" in refused.refusal()
+    )
+    assert "set train.gradient_checkpointing" not in refused.refusal()
 
 
 def test_checkpointed_lora_has_the_same_gradients(toy_config: Path, tokenizer: Any) -> None:

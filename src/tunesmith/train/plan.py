@@ -569,7 +569,9 @@ class Plan:
         }
         comp = self.memory.components()[big]
         return (
-            f"the {self.method} plan does not fit: it needs {fmt_bytes(self.memory.peak)} at its peak, "
+            f"the {self.method} plan"
+            + (" (gradient checkpointing on)" if self.gradient_checkpointing else "")
+            + f" does not fit: it needs {fmt_bytes(self.memory.peak)} at its peak, "
             f"{fmt_bytes(self.available)} is available ({self.device}, {self.available_source}). "
             f"Biggest part: {big} {fmt_bytes(comp)}"
             + (
@@ -642,7 +644,8 @@ def make_plan(
 
     wanted = tc.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     if wanted == "auto":
-        ckpt = memory(False).peak > device.memory_bytes and memory(True).peak <= device.memory_bytes
+        # On when the plan does not fit without it: the run's best chance (refused if it still does not).
+        ckpt = memory(False).peak > device.memory_bytes and spec.name != "prefix"
     else:
         ckpt = bool(wanted)
     if ckpt and spec.name == "prefix":
