@@ -181,7 +181,11 @@ def test_run_refuses_an_impossible_plan_before_loading_weights(toy_config: Path,
     proc = _cli("run", str(toy_config), f"model={model_dir}", env={"TUNESMITH_MEMORY_LIMIT": "64MiB"})
     assert proc.returncode == 3, proc.stderr
     err = " ".join(proc.stderr.split())
-    assert "plan does not fit" in err and "Biggest part:" in err and "Fix:" in err
+    assert (
+        "lora plan (gradient checkpointing on) does not fit" in err
+        and "Biggest part:" in err
+        and "Fix:" in err
+    )
     assert "TUNESMITH_MEMORY_LIMIT=64MiB" in err
     assert not (toy_config.parent / "runs").exists()
 
