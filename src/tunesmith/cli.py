@@ -1,5 +1,6 @@
 """Command line: parse, call one function, print with rich. Exit codes: 0 ok, 1 data error or missed
-target, 2 configuration error (or a method this machine cannot run, e.g. qlora without CUDA)."""
+target, 2 configuration error (or a method this machine cannot run, e.g. qlora without CUDA), 3 the run
+cannot work on this machine (memory plan does not fit, or bf16 asked for without hardware support)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import os
 # Busy-waiting OpenMP threads (libgomp's default) slow CPU training 3x when any other process competes
 # for the cores; passive waiting costs little when the machine is idle. Must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from tunesmith.malloc import limit_heap_fragmentation  # noqa: E402
+
+limit_heap_fragmentation()  # before torch allocates: see tunesmith/malloc.py
 
 from pathlib import Path  # noqa: E402
 from typing import Annotated  # noqa: E402
@@ -19,6 +24,8 @@ from tunesmith.config import ConfigError, RunConfig, config_reference, load_conf
 from tunesmith.data.validate import DataError  # noqa: E402
 from tunesmith.models import ModelError  # noqa: E402
 from tunesmith.train.methods import MethodUnavailableError  # noqa: E402
+from tunesmith.train.plan import GPU_CHOICES, METHODS, PlanError  # noqa: E402
+from tunesmith.train.precision import PrecisionError  # noqa: E402
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Fine-tune a pretrained LLM into a domain specialist."
@@ -86,9 +93,78 @@ def run(config: ConfigArg, overrides: OverridesArg = None, resume: ResumeOpt = F
         raise _fail(e, code=2) from None
     except (DataError, ModelError, TrainingDiverged, FileNotFoundError, FileExistsError, ValueError) as e:
         raise _fail(e) from None
+    except (PlanError, PrecisionError) as e:
+        raise _fail(e, 3) from None
     if not outcome.targets_met:
         console.print(f"[red bold]targets missed:[/red bold] {', '.join(outcome.eval['failed_targets'])}")  # type: ignore[index]
         raise typer.Exit(1)
+
+
+@app.command()
+def plan(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    gpu: Annotated[
+        str | None,
+        typer.Option(help=f"Plan for this device instead of this machine: {', '.join(GPU_CHOICES)}."),
+    ] = None,
+    method: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"Plan these methods (repeat; `all`: {', '.join(METHODS)}). Default: the config's."
+        ),
+    ] = None,
+    measure: Annotated[
+        bool, typer.Option(help="Also load the weights and time a few real steps (this machine only).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plans as JSON on stdout.")] = False,
+) -> None:
+    """Parameters, peak memory (weights, gradients, optimizer, activations, overhead) and time per epoch,
+    from the model's config and the prepared data, without loading weights. Exit 3 when no planned method fits."""
+    import json
+
+    from tunesmith.runner import check_data
+    from tunesmith.train.plan import (
+        DataStats,
+        make_plan,
+        measure_steps,
+        plan_footnote,
+        plans_json,
+        plans_table,
+        target_device,
+    )
+
+    cfg = _config(config, overrides)
+    names = list(METHODS) if method == ["all"] else (method or [cfg.method.name])
+    quiet = Console(stderr=True, quiet=as_json)
+    try:
+        model_path, tok, data = check_data(cfg, quiet)
+        device = target_device(gpu, cfg.train.threads)
+        stats = DataStats.from_prepared(data)
+        plans = [make_plan(cfg, model_path, stats, device, m) for m in names]
+        if measure:
+            if gpu not in (None, "cpu"):
+                raise PlanError("--measure times this machine; leave out --gpu")
+            pad = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+            for p in plans:
+                p.measured = measure_steps(cfg, model_path, data, p, pad)
+    except (DataError, ModelError) as e:
+        raise _fail(e) from None
+    except (PlanError, PrecisionError) as e:
+        raise _fail(e, 3) from None
+    if as_json:
+        print(plans_json(plans))
+    else:
+        console.print(plans_table(plans))
+        console.print(f"[dim]{plan_footnote(plans[0])}[/dim]")
+        for p in plans:
+            if p.measured:
+                console.print(f"[dim]{p.method} measured: {json.dumps(p.measured)}[/dim]")
+    unfit = [p for p in plans if not p.fits]
+    for p in unfit:
+        console.print(f"[red bold]does not fit:[/red bold] {p.refusal()}", highlight=False)
+    if len(unfit) == len(plans):
+        raise typer.Exit(3)
 
 
 @data_app.command("check")

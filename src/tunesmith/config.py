@@ -323,6 +323,16 @@ class TrainConfig(_Strict):
     min_delta: float = Field(
         0.0, ge=0.0, description="Smallest fall of val loss that counts as an improvement."
     )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="Compute precision. `auto`: bf16 autocast on CUDA GPUs with bf16 and on CPUs with AVX512-BF16 "
+        "or AMX, fp32 otherwise; `bf16` where the hardware lacks it is an error. Weights and optimizer stay fp32.",
+    )
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
+        description="Recompute each layer's activations in the backward pass (less memory, ~1/3 more compute). "
+        "`auto`: on only when the memory plan does not fit without it.",
+    )
 
 
 class EvalConfig(_Strict):

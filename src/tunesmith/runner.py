@@ -32,6 +32,7 @@ from tunesmith.models import load_classifier, load_model, load_tokenizer, resolv
 from tunesmith.registry import init_manifest, mark_stage, new_run_dir, read_manifest
 from tunesmith.train.loop import TrainResult, train
 from tunesmith.train.methods import PEFT_METHODS, check_method_available, output_dir_name
+from tunesmith.train.plan import DataStats, Plan, PlanError, make_plan, plans_table, target_device
 
 
 @dataclass
@@ -68,22 +69,41 @@ def check_data(cfg: RunConfig, console: Console) -> tuple[str, Any, PreparedData
     return model_path, tok, data
 
 
-def _start_run(cfg: RunConfig, console: Console) -> tuple[Path, str, Any, PreparedData]:
+def plan_on_this_machine(cfg: RunConfig, model_path: str, data: PreparedData, console: Console) -> Plan:
+    """The memory and time plan on this machine (no weights loaded), printed."""
+    plan = make_plan(cfg, model_path, DataStats.from_prepared(data), target_device(None, cfg.train.threads))
+    console.print(plans_table([plan]))
+    return plan
+
+
+def _start_run(
+    cfg: RunConfig, console: Console, refuse_unfit: bool
+) -> tuple[Path, str, Any, PreparedData, Plan]:
     model_path, tok, data = check_data(cfg, console)
+    plan = plan_on_this_machine(cfg, model_path, data, console)
+    if not plan.fits:
+        if refuse_unfit:
+            raise PlanError(plan.refusal())
+        console.print(f"[yellow]warning:[/yellow] {plan.refusal()}", highlight=False)
+    data.preflight["plan"] = plan.as_dict()
     run_dir = new_run_dir(cfg)
     console.print(f"run directory: [bold]{run_dir}[/bold]")
     init_manifest(run_dir, cfg, model_path)
     write_prepared(data, run_dir / "data")
     write_preflight_html(data.preflight, run_dir / "data" / "preflight.html", f"{cfg.name}: pre-flight")
     mark_stage(
-        run_dir, "data", "done", preflight={k: v for k, v in data.preflight.items() if k != "token_lengths"}
+        run_dir,
+        "data",
+        "done",
+        preflight={k: v for k, v in data.preflight.items() if k not in ("token_lengths", "plan")},
+        plan=plan.as_dict(),
     )
-    return run_dir, model_path, tok, data
+    return run_dir, model_path, tok, data, plan
 
 
 def prepare_run(cfg: RunConfig, console: Console) -> Path:
     """The data stage alone: a run directory holding the prepared splits and the pre-flight report."""
-    return _start_run(cfg, console)[0]
+    return _start_run(cfg, console, refuse_unfit=False)[0]
 
 
 def _load_base(cfg: RunConfig, model_path: str, class_labels: list[str] | None = None) -> Any:
@@ -121,14 +141,27 @@ def _train_stage(
     run_dir: Path,
     console: Console,
     resume: bool,
+    plan: Plan | None = None,
 ) -> tuple[Any, TrainResult]:
+    """`plan`: the memory plan decides gradient checkpointing and precision (`auto`); None (a run directory
+    trained again or resumed): the config's explicit values."""
     # Under `torchrun`/`accelerate launch` every process trains; only the first one writes the manifest.
     main = int(os.environ.get("RANK", "0")) == 0
     if main:
         mark_stage(run_dir, "train", "running")
     try:
         base = _load_base(cfg, model_path, data.preflight.get("class_labels"))
-        tuned, result = train(cfg, data, base, tok, run_dir, console, resume=resume)
+        tuned, result = train(
+            cfg,
+            data,
+            base,
+            tok,
+            run_dir,
+            console,
+            resume=resume,
+            gradient_checkpointing=plan.gradient_checkpointing if plan else None,
+            precision=plan.precision if plan else None,
+        )
     except BaseException:
         if main:
             mark_stage(run_dir, "train", "failed")
@@ -200,22 +233,25 @@ def train_run(run_dir: Path, console: Console, resume: bool = False) -> TrainRes
 def train_new(cfg: RunConfig, console: Console) -> tuple[Path, TrainResult]:
     """Data stage into a new run directory, then the train stage."""
     check_method_available(cfg.method)
-    run_dir, model_path, tok, data = _start_run(cfg, console)
-    return run_dir, _train_stage(cfg, data, model_path, tok, run_dir, console, resume=False)[1]
+    run_dir, model_path, tok, data, plan = _start_run(cfg, console, refuse_unfit=True)
+    return run_dir, _train_stage(cfg, data, model_path, tok, run_dir, console, resume=False, plan=plan)[1]
 
 
 def run_all(cfg: RunConfig, console: Console, resume_dir: Path | None = None) -> RunOutcome:
     """Every stage; `resume_dir`: an unfinished run to continue (training from its latest checkpoint)."""
     # Before any data or model work: a method this machine cannot run (qlora without CUDA) fails now.
     check_method_available(cfg.method)
+    plan: Plan | None = None
     if resume_dir is None:
-        run_dir, model_path, tok, data = _start_run(cfg, console)
+        run_dir, model_path, tok, data, plan = _start_run(cfg, console, refuse_unfit=True)
     else:
         run_dir, model_path = resume_dir, read_manifest(resume_dir)["model_path"]
         console.print(f"resuming run directory: [bold]{run_dir}[/bold]")
         tok = load_tokenizer(model_path)
         data = load_prepared(run_dir, cfg, tok)
-    tuned, _ = _train_stage(cfg, data, model_path, tok, run_dir, console, resume=resume_dir is not None)
+    tuned, _ = _train_stage(
+        cfg, data, model_path, tok, run_dir, console, resume=resume_dir is not None, plan=plan
+    )
 
     ev = _evaluate(cfg, run_dir, tuned, tok, data, console, model_path)
     mark_stage(run_dir, "eval", "done")

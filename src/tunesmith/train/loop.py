@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import Console
 from rich.progress import (
@@ -56,6 +56,7 @@ from tunesmith.train.methods import (
 )
 from tunesmith.train.monitor import ValMonitor
 from tunesmith.train.objectives import TokenObjective, make_objective, mean_loss
+from tunesmith.train.precision import resolve_precision
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -179,11 +180,16 @@ def train(
     run_dir: Path,
     console: Console | None = None,
     resume: bool = False,
+    gradient_checkpointing: bool | None = None,
+    precision: str | None = None,
 ) -> tuple[Any, TrainResult]:
     """Train, writing metrics.jsonl, checkpoints/ and adapter/ into `run_dir`.
 
     `resume`: continue from the latest complete checkpoint in `run_dir` (from the start if there is none),
     with the same weights, optimizer, RNG states and next micro-batches as if never interrupted.
+
+    `gradient_checkpointing` and `precision`: the run's memory plan decides (`auto` in the config);
+    None: the config's explicit value (auto reads as off), and its precision resolved for this machine.
     """
     import torch
     from accelerate import Accelerator
@@ -208,6 +214,13 @@ def train(
     if not main:  # one process reports; the others train their share quietly
         console = Console(file=io.StringIO())
     model = apply_method(base_model, cfg.method, tok)
+    if tc.gradient_checkpointing is True if gradient_checkpointing is None else gradient_checkpointing:
+        # Non-reentrant: gradients reach adapters of frozen layers (transformers also hooks the inputs).
+        cast(Any, model).activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
+    precision = precision or resolve_precision(tc.precision, accelerator.device.type)
+    autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     trainable, total = count_parameters(model)
     console.print(describe_parameters(cfg.method.name, trainable, total))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -299,15 +312,16 @@ def train(
             micro = [next(batches) for _ in range(tc.grad_accum)]
             epoch = micro[-1][0]
             chunks = [[train_set[i] for i in idx] for _, idx in micro]
-            stats = accumulate_step(
-                model,
-                chunks,
-                pad_id,
-                accelerator.backward,
-                objective=objective if tc.objective in ("dpo", "classify") else None,
-                shard=(rank, world),
-                packed=tc.packing,
-            )
+            with autocast:
+                stats = accumulate_step(
+                    model,
+                    chunks,
+                    pad_id,
+                    accelerator.backward,
+                    objective=objective if tc.objective in ("dpo", "classify") else None,
+                    shard=(rank, world),
+                    packed=tc.packing,
+                )
             if world > 1:
                 stats = _sum_gradients(params, stats)
             grad_norm = float(accelerator.clip_grad_norm_(params, tc.max_grad_norm))
