@@ -232,7 +232,7 @@ class MethodSpec:
 
     @classmethod
     def from_config(cls, method: Any, name: str | None = None) -> MethodSpec:
-        tm = getattr(method, "target_modules", "all-linear")
+        tm = getattr(method, "target_modules", None) or "all-linear"  # None: the method's default
         return cls(
             name=name or method.name,
             r=int(getattr(method, "r", 16)),
@@ -255,24 +255,19 @@ class Params:
 
 
 def _peft_config(spec: MethodSpec) -> Any:
-    from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType
+    """The same peft configuration training builds (train.methods.peft_config), from the spec's options."""
+    from tunesmith.config import MethodConfig
+    from tunesmith.train.methods import peft_config
 
-    tm = spec.target_modules if spec.target_modules == "all-linear" else list(spec.target_modules)
+    if spec.name not in METHODS or spec.name == "full":
+        raise PlanError(f"unknown method {spec.name!r}; known: {', '.join(METHODS)}")
+    options: dict[str, Any] = {"name": spec.name}
     if spec.name in ("lora", "dora", "qlora"):
-        return LoraConfig(
-            r=spec.r,
-            target_modules=tm,
-            use_dora=spec.name == "dora",
-            lora_dropout=spec.dropout,
-            task_type=TaskType.CAUSAL_LM,
-        )
-    if spec.name == "ia3":
-        return IA3Config(task_type=TaskType.CAUSAL_LM)
-    if spec.name == "prefix":
-        return PrefixTuningConfig(num_virtual_tokens=spec.num_virtual_tokens, task_type=TaskType.CAUSAL_LM)
-    if spec.name == "prompt":
-        return PromptTuningConfig(num_virtual_tokens=spec.num_virtual_tokens, task_type=TaskType.CAUSAL_LM)
-    raise PlanError(f"unknown method {spec.name!r}; known: {', '.join(METHODS)}")
+        tm = spec.target_modules if spec.target_modules == "all-linear" else list(spec.target_modules)
+        options |= {"r": spec.r, "target_modules": tm, "dropout": spec.dropout}
+    elif spec.name in ("prefix", "prompt"):
+        options["num_virtual_tokens"] = spec.num_virtual_tokens
+    return peft_config(MethodConfig(**options))
 
 
 def meta_model(model_path: str) -> Any:
