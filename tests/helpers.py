@@ -40,3 +40,20 @@ def make_label_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def data_config(tmp_path: Path, model: Path, **data: Any) -> Path:
+    """A config in `tmp_path` on `train.jsonl` there (label rows routed by a system prompt); `data` overrides."""
+    import yaml
+
+    cfg = {
+        "name": "t",
+        "model": str(model),
+        "runs_dir": str(tmp_path / "runs"),
+        "data": {"train": "train.jsonl", "system_prompt": "Route.", **data},
+        "train": {"max_length": 96},
+        "eval": {"metrics": ["accuracy"]},
+    }
+    p = tmp_path / "tunesmith.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p

@@ -9,25 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from helpers import make_label_rows, random_words, write_jsonl
+from helpers import data_config, make_label_rows, random_words, write_jsonl
 from tunesmith.config import load_config
 from tunesmith.data.pipeline import prepare, read_splits
-
-
-def _cfg(tmp_path: Path, model: Path, **data: Any) -> Path:
-    cfg = {
-        "name": "t",
-        "model": str(model),
-        "runs_dir": str(tmp_path / "runs"),
-        "data": {"train": "train.jsonl", "system_prompt": "Route.", **data},
-        "train": {"max_length": 96},
-        "eval": {"metrics": ["accuracy"]},
-    }
-    p = tmp_path / "tunesmith.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return p
 
 
 def test_one_planted_error_of_each_kind_is_reported_and_nothing_written(
@@ -52,7 +36,7 @@ def test_one_planted_error_of_each_kind_is_reported_and_nothing_written(
         lines[n - 1] = text.encode()
     lines[16] = b'{"instruction": "caf\xe9", "output": "y"}'  # line 17: latin-1, not UTF-8
     (tmp_path / "train.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    cfg = _cfg(tmp_path, tiny_model_dir)
+    cfg = data_config(tmp_path, tiny_model_dir)
     proc = subprocess.run(
         [sys.executable, "-m", "tunesmith.cli", "run", str(cfg)], capture_output=True, text=True, timeout=300
     )
@@ -90,7 +74,7 @@ def test_one_planted_error_of_each_kind_is_reported_and_nothing_written(
 
 def test_too_few_examples(tmp_path: Path, tiny_model_dir: Path) -> None:
     write_jsonl(tmp_path / "train.jsonl", make_label_rows(8))
-    cfg = load_config(_cfg(tmp_path, tiny_model_dir, split={"val": 0.0, "test": 0.0}))
+    cfg = load_config(data_config(tmp_path, tiny_model_dir, split={"val": 0.0, "test": 0.0}))
     try:
         read_splits(cfg)
     except Exception as e:  # noqa: BLE001 - the message is what is checked
@@ -109,7 +93,9 @@ def test_cleaning_counts_and_overlength_policies(
     rows.append({"instruction": "same same same", "output": "same same same"})  # degenerate
     rows.append({"instruction": "long " * 200, "output": "billing"})
     write_jsonl(tmp_path / "train.jsonl", rows)
-    cfg = load_config(_cfg(tmp_path, tiny_model_dir, on_overlength="drop", split={"val": 0.0, "test": 0.2}))
+    cfg = load_config(
+        data_config(tmp_path, tiny_model_dir, on_overlength="drop", split={"val": 0.0, "test": 0.2})
+    )
     data = prepare(cfg, tokenizer)
     clean = data.preflight["clean"]["train"]
     assert clean["exact_duplicates"] == 2 and clean["degenerate"] == 1
@@ -119,7 +105,7 @@ def test_cleaning_counts_and_overlength_policies(
     assert sum(data.preflight["overlength"][k].get("overlength_dropped", 0) for k in ("train", "test")) == 1
 
     cfg = load_config(
-        _cfg(tmp_path, tiny_model_dir, on_overlength="truncate", split={"val": 0.0, "test": 0.2})
+        data_config(tmp_path, tiny_model_dir, on_overlength="truncate", split={"val": 0.0, "test": 0.2})
     )
     data = prepare(cfg, tokenizer)
     assert max(len(e.input_ids) for e in data.train.encoded + data.test.encoded) <= 96
@@ -132,7 +118,9 @@ def test_stratified_split_keeps_label_balance(tmp_path: Path, tiny_model_dir: Pa
         for i in range(100)
     ]
     (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows))
-    cfg = load_config(_cfg(tmp_path, tiny_model_dir, train="train.csv", split={"val": 0.1, "test": 0.2}))
+    cfg = load_config(
+        data_config(tmp_path, tiny_model_dir, train="train.csv", split={"val": 0.1, "test": 0.2})
+    )
     cs = read_splits(cfg)
     from collections import Counter
 
@@ -158,7 +146,7 @@ def test_contaminated_test_split_is_reported_with_pairs(tmp_path: Path, tiny_mod
     write_jsonl(tmp_path / "test.jsonl", test)
     write_jsonl(tmp_path / "val.jsonl", test[2:])
     cfg = load_config(
-        _cfg(tmp_path, tiny_model_dir, test="test.jsonl", val="val.jsonl", clean={"near_dedup": False})
+        data_config(tmp_path, tiny_model_dir, test="test.jsonl", val="val.jsonl", clean={"near_dedup": False})
     )
     cs = read_splits(cfg)
     listed = cs.report["contamination"]["listed"]

@@ -10,29 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from rich.console import Console
 
-from helpers import make_label_rows, write_jsonl
+from helpers import data_config, make_label_rows, write_jsonl
 from tunesmith.config import load_config
 from tunesmith.data import stream
 from tunesmith.data.clean import dedup_text
 from tunesmith.data.formats import Example
 from tunesmith.data.validate import DataError
-
-
-def _config(tmp_path: Path, model: Path, **data: Any) -> Path:
-    cfg = {
-        "name": "s",
-        "model": str(model),
-        "runs_dir": str(tmp_path / "runs"),
-        "data": {"train": "train.jsonl", "system_prompt": "Route.", **data},
-        "train": {"max_length": 96},
-        "eval": {"metrics": ["accuracy"]},
-    }
-    p = tmp_path / "tunesmith.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return p
 
 
 def _messy_rows(n: int, seed: int) -> list[dict[str, Any]]:
@@ -56,7 +41,7 @@ def test_worker_processes_give_the_same_splits_as_one_process(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_jsonl(tmp_path / "train.jsonl", _messy_rows(700, seed=3))
-    cfg = load_config(_config(tmp_path, tiny_model_dir))
+    cfg = load_config(data_config(tmp_path, tiny_model_dir))
     one = stream.build_splits(cfg, tmp_path / "one")
     monkeypatch.setattr(stream, "CHUNK_ROWS", 50)
     monkeypatch.setattr(stream, "POOL_AFTER_ROWS", 100)
@@ -79,7 +64,7 @@ def test_every_bad_line_is_counted_and_nothing_is_written(tmp_path: Path, tiny_m
     rows = [json.dumps(r) for r in make_label_rows(40)]
     rows += ['{"instruction": "x", "output": '] * 450  # 450 broken lines: all counted, the first listed
     (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
-    cfg = load_config(_config(tmp_path, tiny_model_dir))
+    cfg = load_config(data_config(tmp_path, tiny_model_dir))
     with pytest.raises(DataError) as e:
         stream.build_splits(cfg, tmp_path / "out")
     msg = str(e.value)
@@ -107,7 +92,7 @@ def test_prepared_data_is_reused_until_the_data_changes(
     from tunesmith import runner
 
     write_jsonl(tmp_path / "train.jsonl", make_label_rows(60, seed=4))
-    cfg = load_config(_config(tmp_path, tiny_model_dir))
+    cfg = load_config(data_config(tmp_path, tiny_model_dir))
     quiet = Console(file=io.StringIO())
     _, _, first = runner.check_data(cfg, quiet)
     assert first.preflight["cache"]["hit"] is False
@@ -129,6 +114,6 @@ def test_prepared_data_is_reused_until_the_data_changes(
     _, _, third = runner.check_data(cfg, quiet)
     assert calls == [1] and third.preflight["cache"]["hit"] is False
 
-    off = load_config(_config(tmp_path, tiny_model_dir, cache=False))
+    off = load_config(data_config(tmp_path, tiny_model_dir, cache=False))
     runner.check_data(off, quiet)
     assert calls == [1, 1]
