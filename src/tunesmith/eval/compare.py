@@ -107,7 +107,7 @@ def _binary(xs: Sequence[float]) -> bool:
 
 
 def _rel(delta: float, base: float) -> float | None:
-    return delta / abs(base) if base else None
+    return delta / abs(base) if base and math.isfinite(base) and math.isfinite(delta) else None
 
 
 def compare(

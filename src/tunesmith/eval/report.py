@@ -63,7 +63,6 @@ def confusion_png(classification: dict[str, Any]) -> bytes | None:
         ax.imshow(cm, cmap="Blues")
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
-        )
         top = max((max(r) for r in cm), default=0)
         for i, r in enumerate(cm):
             for j, v in enumerate(r):
@@ -101,6 +100,8 @@ def _rel(row: dict[str, Any]) -> str:
 
 def _delta(row: dict[str, Any]) -> str:
     lo, hi = row["delta_ci"]
+    if row["delta"] != row["delta"]:  # NaN: no example has a score (e.g. readability of empty outputs)
+        return "–<br><span class=ci>no example scored</span>"
     return f"{row['delta']:+.3f}{_rel(row)}<br><span class=ci>95% CI [{lo:+.3f}, {hi:+.3f}]</span>"
 
 
