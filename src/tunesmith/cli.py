@@ -171,7 +171,9 @@ def review_export(
         sheet = export_review(run_dir, seed=seed)
     except FileNotFoundError as e:
         raise _fail(e) from None
-    console.print("fill score_A and score_B (1-5) and optionally comment; keep review/key.json from reviewers")
+    console.print(
+        "fill score_A and score_B (1-5) and optionally comment; keep review/key.json from reviewers"
+    )
     print(sheet)
 
 

@@ -9,11 +9,16 @@ from tunesmith.data.formats import RowError, example_from_row, example_to_row, r
 
 
 def test_facts_are_carried_and_round_trip() -> None:
-    ex = row_to_example({"instruction": "q", "output": "payroll P2", "facts": ["payroll", " P2 "]}, "auto", "f:1")
+    ex = row_to_example(
+        {"instruction": "q", "output": "payroll P2", "facts": ["payroll", " P2 "]}, "auto", "f:1"
+    )
     assert ex.meta == {"facts": ["payroll", "P2"]}
     assert all("facts" not in m["content"] for m in ex.messages)
     assert example_from_row(example_to_row(ex)) == ex
-    chat = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "facts": ["a"]}
+    chat = {
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+        "facts": ["a"],
+    }
     assert row_to_example(chat, "auto", "f:2").meta == {"facts": ["a"]}
     assert row_to_example({"instruction": "q", "output": "a"}, "auto", "f:3").meta == {}
 

@@ -29,7 +29,11 @@ def evaluated_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
         "name": "toy",
         "model": str(tiny_model_dir),
         "runs_dir": str(root / "runs"),
-        "data": {"train": "data.jsonl", "system_prompt": "Route the ticket.", "split": {"val": 0.1, "test": 0.2}},
+        "data": {
+            "train": "data.jsonl",
+            "system_prompt": "Route the ticket.",
+            "split": {"val": 0.1, "test": 0.2},
+        },
         "method": {"name": "lora", "r": 8, "alpha": 16},
         "train": {"lr": 5e-3, "max_steps": 4, "batch_size": 4, "max_length": 128, "eval_every": 2},
         "eval": {

@@ -12,7 +12,15 @@ def test_eval_json_has_every_capability(evaluated_run: Path) -> None:
     ev = json.loads((evaluated_run / "eval" / "eval.json").read_text())
     names = [r["metric"] for r in ev["metrics"]]
     assert names == [
-        "accuracy", "macro_f1", "token_f1", "bleu", "chrf", "perplexity", "facts", "readability", "hallucination"
+        "accuracy",
+        "macro_f1",
+        "token_f1",
+        "bleu",
+        "chrf",
+        "perplexity",
+        "facts",
+        "readability",
+        "hallucination",
     ]
     rows = {r["metric"]: r for r in ev["metrics"]}
     assert rows["accuracy"]["test"] in ("mcnemar-exact", "mcnemar-chi2")
@@ -26,7 +34,9 @@ def test_eval_json_has_every_capability(evaluated_run: Path) -> None:
         assert sp["tokens_per_s"] > 0 and sp["single"]["n"] == 2 and sp["single"]["latency_s_p50"] > 0
     fg = ev["forgetting"]
     assert fg["qa"]["n"] == len(probe_items()) and fg["text_perplexity"]["base"] > 1
-    preds = [json.loads(line) for line in (evaluated_run / "eval" / "predictions.jsonl").read_text().splitlines()]
+    preds = [
+        json.loads(line) for line in (evaluated_run / "eval" / "predictions.jsonl").read_text().splitlines()
+    ]
     assert all("hallucinated_spans" in p and "ref_nll" in p["scores"] for p in preds)
     assert any("facts" in p for p in preds)
     assert len((evaluated_run / "eval" / "forgetting.jsonl").read_text().splitlines()) == len(probe_items())

@@ -13,7 +13,7 @@ def _kinds(text: str) -> list[tuple[str, str]]:
 
 def test_span_kinds() -> None:
     text = (
-        'Dear Wren, invoice INV-2024-0042 of 12 March 2024 was charged $1,200.50 for 16 users; '
+        "Dear Wren, invoice INV-2024-0042 of 12 March 2024 was charged $1,200.50 for 16 users; "
         'see https://x.org/a or help@ledgerly.io. Tagged "urgent" by Cobalt Bike Repair (15%).\n'
         "1. Check the CSV export"
     )

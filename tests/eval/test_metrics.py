@@ -106,14 +106,24 @@ def test_mcnemar_matches_scipy() -> None:
 
 def test_compare_rows_carry_relative_delta_and_mcnemar() -> None:
     rows = compare(
-        {"accuracy": [0.0, 1.0, 0.0, 0.0], "facts": [0.5, None, 1.0, 0.0], "hallucination": [1.0, 0.0, 1.0, 1.0]},
-        {"accuracy": [1.0, 1.0, 1.0, 0.0], "facts": [1.0, 1.0, None, 0.5], "hallucination": [0.0, 0.0, 1.0, 0.0]},
+        {
+            "accuracy": [0.0, 1.0, 0.0, 0.0],
+            "facts": [0.5, None, 1.0, 0.0],
+            "hallucination": [1.0, 0.0, 1.0, 1.0],
+        },
+        {
+            "accuracy": [1.0, 1.0, 1.0, 0.0],
+            "facts": [1.0, 1.0, None, 0.5],
+            "hallucination": [0.0, 0.0, 1.0, 0.0],
+        },
         [],
     )
     acc, facts, hall = rows
     assert acc.delta == pytest.approx(0.5) and acc.delta_rel == pytest.approx(2.0)
     assert acc.test == "mcnemar-exact" and acc.discordant == (0, 2) and acc.p_value == pytest.approx(0.5)
-    assert facts.n == 2 and facts.base == pytest.approx(0.25) and facts.p_value is None  # pairs with both scores
+    assert (
+        facts.n == 2 and facts.base == pytest.approx(0.25) and facts.p_value is None
+    )  # pairs with both scores
     assert hall.higher_is_better is False and hall.delta == pytest.approx(-0.5)
 
 

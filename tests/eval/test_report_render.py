@@ -26,7 +26,14 @@ def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     assert CHROMIUM is not None
     # A private profile and HOME: concurrent test runs must not share Chromium's profile lock.
     env = {**os.environ, "HOME": str(tmp)}
-    cmd = [CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", f"--user-data-dir={tmp / 'profile'}", *args]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--disable-gpu",
+        "--no-sandbox",
+        f"--user-data-dir={tmp / 'profile'}",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=True)
 
 

@@ -38,7 +38,16 @@ def test_export_fill_import_round_trip(run_copy: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     sheet = run_copy / "review" / "sheet.csv"
     rows = _rows(sheet)
-    assert list(rows[0]) == ["id", "input", "reference", "output_A", "output_B", "score_A", "score_B", "comment"]
+    assert list(rows[0]) == [
+        "id",
+        "input",
+        "reference",
+        "output_A",
+        "output_B",
+        "score_A",
+        "score_B",
+        "comment",
+    ]
     key = json.loads((run_copy / "review" / "key.json").read_text())["tuned_is"]
     assert set(key.values()) == {"A", "B"}  # the order is drawn per row
     preds = [json.loads(x) for x in (run_copy / "eval" / "predictions.jsonl").read_text().splitlines()]
