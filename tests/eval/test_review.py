@@ -64,6 +64,10 @@ def test_export_fill_import_round_trip(run_copy: Path, tmp_path: Path) -> None:
     assert rv["delta_ci"] == [2.0, 2.0] and rv["comments"][0]["comment"] == "tuned one is terse"
     page = (run_copy / "report.html").read_text()
     assert "id=review" in page and "Human reviewers" in page and "100% / 0% / 0%" in page
+    # Evaluating again (greedy: the same outputs) keeps the review that rated them.
+    assert runner.invoke(app, ["eval", str(run_copy)]).exit_code == 1  # the toy run's accuracy target fails
+    assert json.loads((run_copy / "eval" / "eval.json").read_text())["review"] == rv
+    assert "id=review" in (run_copy / "report.html").read_text()
 
 
 def test_import_names_row_and_column(run_copy: Path, tmp_path: Path) -> None:

@@ -210,9 +210,13 @@ def evaluate(
                 for which, text in (("base", base_texts[i]), ("tuned", tuned_texts[i]))
             }
         preds.append(p)
-    atomic_write_text(
-        out_dir / "predictions.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds)
-    )
+    preds_text = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds)
+    # Human review scores rated these very outputs: a re-evaluation with identical predictions keeps them.
+    kept_review = None
+    old_preds, old_eval = out_dir / "predictions.jsonl", out_dir / "eval.json"
+    if old_eval.is_file() and old_preds.is_file() and old_preds.read_text(encoding="utf-8") == preds_text:
+        kept_review = json.loads(old_eval.read_text(encoding="utf-8")).get("review")
+    atomic_write_text(out_dir / "predictions.jsonl", preds_text)
     warnings: list[str] = []
     if ec.forgetting_probe:
         forgetting = summarize(
@@ -240,6 +244,7 @@ def evaluate(
             "tuned": _speed(outputs["tuned"].gens, outputs["tuned"].single),
         },
         **result_extra,
+        **({"review": kept_review} if kept_review else {}),
         "warnings": warnings,
         "targets_met": not failed,
         "failed_targets": failed,
