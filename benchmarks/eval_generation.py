@@ -61,7 +61,12 @@ class LoadSampler(threading.Thread):
         self._halt.set()
         self.join()
         s = self.samples or [os.getloadavg()[0]]
-        return {"min": min(s), "mean": round(sum(s) / len(s), 2), "max": max(s), "samples": len(s)}
+        return {
+            "min": round(min(s), 2),
+            "mean": round(sum(s) / len(s), 2),
+            "max": round(max(s), 2),
+            "samples": len(s),
+        }
 
 
 def timed(fn: Any) -> tuple[Any, float, dict[str, float]]:
