@@ -1,7 +1,7 @@
 """Hallucination rate: the share of outputs that state a checkable fact found in neither the input nor the
 reference.
 
-Definition (what `hallucination_rate` measures, per example, 1 = hallucinated, 0 = not):
+Definition (what the `hallucination` metric measures, per example, 1 = hallucinated, 0 = not):
 
 1. **Checkable facts** are spans of the output of these kinds, found in this order (a character belongs to
    at most one span; earlier kinds win):
@@ -16,16 +16,22 @@ Definition (what `hallucination_rate` measures, per example, 1 = hallucinated, 0
      ``24h``, ``5pm``) is read as a number;
    * ``number``: any other number (``16``, ``3.5``, ``1,200``, ``15%``), except a list marker at the start of
      a line (``1.``, ``2)``);
-   * ``entity``: a run of capitalised words (``Wren Castellane``, ``Cobalt Bike Repair``). A single
-     capitalised word at the start of a sentence is not an entity when it is a common English word (the
-     stop-word list of scikit-learn plus common sentence openers, ``COMMON_OPENERS``); ``I``, month and
-     weekday names and all-capital acronyms of 2-5 letters (``PDF``, ``CSV``) alone are never entities.
+   * ``entity``: a run of capitalised words on one line, which may contain ``of``/``de``/``van``/``von``/
+     ``the``/``and``/``&`` (``Wren Castellane``, ``Bank of England``); a possessive ``'s`` is dropped.
+     Common words (scikit-learn's English stop words plus ``COMMON_OPENERS``: "Please", "Thanks",
+     "Unfortunately", ...) split a run and are not part of any entity, capitalised or not. A single
+     capitalised word that opens a sentence (or a line, or follows a list marker) is not an entity, nor are
+     ``I``, month and weekday names or all-capital acronyms of 2-5 letters (``PDF``, ``CSV``) on their own.
 
 2. A span is **supported** when it occurs in the *source*: the prompt messages (system and user turns) and
-   the reference answer together. Matching is case-insensitive on whitespace-normalised text, and
-   numbers, amounts and percentages match by value (``1,200`` = ``1200`` = ``$1200.00``); dates match by
-   (year, month, day) in any of the formats above or verbatim; an entity is also supported when each of its
-   words occurs in the source as a word (``Castellane, Wren`` supports ``Wren Castellane``).
+   the reference answer together. Text matches case-insensitively, as whole words, on whitespace-normalised
+   text. Numbers, amounts and percentages match by value against the numbers and amounts the source states
+   (``1,200`` = ``1200`` = ``$1200.00``; the currency is not compared) and the years of its dates, never
+   against digits inside the source's dates or ids (``2024-03-20`` does not support "20 users"). Dates match
+   by (year, month, day) in any of the formats above (a missing year or day matches any), or verbatim. An
+   entity is also supported when each of its words occurs in the source as a word (``Castellane, Wren``
+   supports ``Wren Castellane``); one that opens a sentence is also supported without its first word
+   (``Notify Keiko Novak`` when the source names Keiko Novak).
 
 3. An output **hallucinates** when it has at least one unsupported span. The rate is the mean over outputs.
 
