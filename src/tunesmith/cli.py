@@ -34,6 +34,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Check and prepare data before
 app.add_typer(data_app, name="data")
 model_app = typer.Typer(no_args_is_help=True, help="Resolve and cache base models.")
 app.add_typer(model_app, name="model")
+review_app = typer.Typer(no_args_is_help=True, help="Blind human review of base vs tuned outputs.")
+app.add_typer(review_app, name="review")
 console = Console(stderr=True)
 
 
@@ -265,6 +267,62 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<
     from tunesmith.eval.report import build_report
 
     console.print(str(build_report(run_dir)))
+
+
+RunDirArg = Annotated[Path, typer.Argument(help="A run directory (runs/<id>).")]
+
+
+@app.command("compare")
+def compare_cmd(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories, in the order to show them.")],
+    out: Annotated[Path, typer.Option(help="Where to write the page.")] = Path("comparison.html"),
+) -> None:
+    """One HTML page comparing evaluated runs (iterations): verdicts, scores with CIs, forgetting, review."""
+    from tunesmith.eval.report import build_comparison
+
+    try:
+        print(build_comparison(run_dirs, out))
+    except FileNotFoundError as e:
+        raise _fail(e) from None
+
+
+@review_app.command("export")
+def review_export(
+    run_dir: RunDirArg,
+    seed: Annotated[int, typer.Option(help="Seed of the per-row A/B order.")] = 0,
+) -> None:
+    """Write RUN/review/sheet.csv (blind: base and tuned as A/B in random order) and the key next to it."""
+    from tunesmith.eval.review import export_review
+
+    try:
+        sheet = export_review(run_dir, seed=seed)
+    except FileNotFoundError as e:
+        raise _fail(e) from None
+    console.print(
+        "fill score_A and score_B (1-5) and optionally comment; keep review/key.json from reviewers"
+    )
+    print(sheet)
+
+
+@review_app.command("import")
+def review_import(
+    run_dir: RunDirArg,
+    sheet: Annotated[Path, typer.Argument(help="The filled review sheet (CSV).")],
+) -> None:
+    """Check a filled sheet, fold the scores into eval.json and rebuild the report. Exit 1 on a bad sheet."""
+    from tunesmith.eval.report import build_report
+    from tunesmith.eval.review import ReviewError, import_review
+
+    try:
+        rv = import_review(run_dir, sheet)
+    except (FileNotFoundError, ReviewError) as e:
+        raise _fail(e) from None
+    console.print(
+        f"{rv['n']} pairs: base {rv['base']['mean']:.2f}, tuned {rv['tuned']['mean']:.2f} "
+        f"(delta {rv['delta']:+.2f}, 95% CI [{rv['delta_ci'][0]:+.2f}, {rv['delta_ci'][1]:+.2f}]); "
+        f"tuned wins {100 * rv['win_rate']:.0f}%, ties {100 * rv['tie_rate']:.0f}%"
+    )
+    print(build_report(run_dir))
 
 
 @model_app.command("prepare")

@@ -335,13 +335,36 @@ class TrainConfig(_Strict):
     )
 
 
+EvalMetric = Literal[
+    "exact_match",
+    "token_f1",
+    "rouge_l",
+    "accuracy",
+    "json_valid",
+    "field_accuracy",
+    "bleu",
+    "chrf",
+    "classification",
+    "perplexity",
+    "facts",
+    "readability",
+    "hallucination",
+]
+# Config metric -> the metric names it puts in the comparison table (and that targets may name).
+_METRIC_ROWS = {"classification": "macro_f1"}
+
+
 class EvalConfig(_Strict):
-    metrics: list[
-        Literal["exact_match", "token_f1", "rouge_l", "accuracy", "json_valid", "field_accuracy"]
-    ] = Field(
+    metrics: list[EvalMetric] = Field(
         default_factory=lambda: ["exact_match", "token_f1", "rouge_l"],  # type: ignore[arg-type]
-        description="Metrics on the test split. `accuracy`: outputs are labels (case-insensitive exact match); "
-        "`json_valid`/`field_accuracy`: outputs are JSON objects, scored per field in `json_fields`.",
+        description="Metrics on the test split. `accuracy`: outputs are labels (case-insensitive exact match, "
+        "with McNemar's test); `classification`: labels scored by scikit-learn (macro/micro F1, precision, recall, "
+        "per-label scores, confusion matrix; table row `macro_f1`); `json_valid`/`field_accuracy`: outputs are "
+        "JSON objects, scored per field in `json_fields`; `bleu`/`chrf`: sacrebleu sentence scores / 100; "
+        "`perplexity`: of the reference answers under each model (lower is better); `facts`: share of a row's "
+        "`facts` found in the output; `readability`: Flesch-Kincaid grade of the output; `hallucination`: share "
+        "of outputs stating a number, date, amount, id, name or quoted label found in neither the prompt nor the "
+        "reference (lower is better).",
     )
     json_fields: list[str] = Field(
         default_factory=list,
@@ -354,6 +377,19 @@ class EvalConfig(_Strict):
     batch_size: int = Field(16, gt=0, description="Prompts generated together (left-padded, KV cache).")
     limit: int | None = Field(None, gt=0, description="Evaluate only the first N test examples.")
     samples_in_report: int = Field(12, ge=0, description="Side-by-side examples shown in the report.")
+    latency_probe: int = Field(
+        4, ge=0, description="Test prompts also generated one at a time, for single-request latency."
+    )
+    forgetting_probe: bool = Field(
+        True,
+        description="Score base and tuned on the shipped general-knowledge questions and general text.",
+    )
+    forgetting_margin: float = Field(
+        0.05,
+        ge=0,
+        description="Warn when the tuned model's probe accuracy is this much (absolute) below the base "
+        "model's, or its perplexity on the general text this much (relative) above.",
+    )
 
     @model_validator(mode="after")
     def _fields_named(self) -> EvalConfig:
@@ -371,7 +407,7 @@ class EvalConfig(_Strict):
             if m == "field_accuracy":
                 names += [f"field_accuracy.{f}" for f in self.json_fields]
             else:
-                names.append(m)
+                names.append(_METRIC_ROWS.get(m, m))
         return names
 
     @property

@@ -320,7 +320,7 @@ def eval_run(run_dir: Path, console: Console) -> RunOutcome:
 
 def print_eval(ev: dict[str, Any], console: Console) -> None:
     t = Table(title=f"base vs tuned on {ev['n_examples']} held-out examples", title_justify="left")
-    for col in ("metric", "base", "tuned", "delta [95% CI]", "target", "status"):
+    for col in ("metric", "base", "tuned", "delta (rel) [95% CI]", "McNemar p", "target", "status"):
         t.add_column(col)
     for r in ev["metrics"]:
         lo, hi = r["delta_ci"]
@@ -330,7 +330,10 @@ def print_eval(ev: dict[str, Any], console: Console) -> None:
             name,
             f"{r['base']:.3f}",
             f"{r['tuned']:.3f}",
-            f"{r['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
+            f"{r['delta']:+.3f}"
+            + (f" ({100 * r['delta_rel']:+.0f}%)" if r.get("delta_rel") is not None else "")
+            + f" [{lo:+.3f}, {hi:+.3f}]",
+            f"{r['p_value']:.3g}" if r.get("p_value") is not None else "",
             r["target"] or "",
             f"[{style}]{r['status']}[/{style}]" if r["status"] else "",
         )

@@ -60,15 +60,24 @@ def test_bootstrap_ci_and_target_status() -> None:
 
 
 def test_batched_generation_equals_one_by_one(tiny_model_dir: Path, tokenizer: Any) -> None:
+    """Left padding and the KV cache must not change any prompt's greedy output: 7 prompts of different
+    lengths in batches of 3 (so every batch pads) give the same tokens as each prompt alone."""
     model = load_model(str(tiny_model_dir))
     convs = [
         [{"role": "user", "content": "short"}],
         [{"role": "user", "content": "a much longer prompt with many more words in it than the first"}],
         [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "middle length prompt"}],
+        [{"role": "user", "content": "x " * 40}],
+        [{"role": "user", "content": "Invoice INV-2024-0042 was charged twice: £1,200.50 on 12 March."}],
+        [{"role": "system", "content": "Route the ticket."}, {"role": "user", "content": "payslip wrong"}],
+        [{"role": "user", "content": "?"}],
     ]
     prompts = [encode_prompt(tokenizer, c) for c in convs]
+    assert len({len(p) for p in prompts}) >= 6  # lengths differ: batches need padding
     stops = stop_token_ids(tokenizer)
     batched = generate(model, tokenizer, prompts, 12, batch_size=3, stop_ids=stops)
     single = [generate(model, tokenizer, [p], 12, batch_size=1, stop_ids=stops)[0] for p in prompts]
     assert [g.text for g in batched] == [g.text for g in single]
+    assert [g.new_tokens for g in batched] == [g.new_tokens for g in single]
     assert all(g.new_tokens > 0 for g in batched)
+    assert len({g.batch for g in batched}) == 3

@@ -7,8 +7,8 @@ from typing import Any, Literal, TypedDict
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
-INSTRUCTION_KEYS = frozenset({"instruction", "input", "output", "system"})
-CHAT_KEYS = frozenset({"messages"})
+INSTRUCTION_KEYS = frozenset({"instruction", "input", "output", "system", "facts"})
+CHAT_KEYS = frozenset({"messages", "facts"})
 TEXT_KEYS = frozenset({"text"})
 PREFERENCE_KEYS = frozenset({"prompt", "chosen", "rejected", "system"})
 LABEL_KEYS = frozenset({"text", "label"})
@@ -112,7 +112,9 @@ def instruction_to_messages(row: dict[str, Any], system_prompt: str | None = Non
 def chat_to_messages(row: dict[str, Any], system_prompt: str | None = None) -> list[Message]:
     unknown = set(row) - CHAT_KEYS
     if unknown:
-        raise RowError(sorted(unknown)[0], "unknown key (expected only `messages`)", "unknown_key")
+        raise RowError(
+            sorted(unknown)[0], "unknown key (expected `messages` and optionally `facts`)", "unknown_key"
+        )
     raw = row.get("messages")
     if not isinstance(raw, list) or not raw:
         raise RowError("messages", "must be a non-empty list", "missing_field")
@@ -170,6 +172,20 @@ def chat_to_messages(row: dict[str, Any], system_prompt: str | None = None) -> l
     return msgs
 
 
+def row_facts(row: dict[str, Any]) -> list[str]:
+    """The optional `facts` of an instruction or chat row: strings the answer must state (scored by the
+    `facts` eval metric, never trained on)."""
+    facts = row.get("facts")
+    if facts is None:
+        return []
+    if not isinstance(facts, list):
+        raise RowError("facts", f"must be a list of strings, got {type(facts).__name__}", "bad_facts")
+    for i, f in enumerate(facts):
+        if not isinstance(f, str) or not f.strip():
+            raise RowError(f"facts[{i}]", "must be a non-empty string", "bad_facts")
+    return [f.strip() for f in facts]
+
+
 def _only(row: dict[str, Any], allowed: frozenset[str]) -> None:
     unknown = set(row) - allowed
     if unknown:
@@ -194,7 +210,9 @@ def row_to_example(row: Any, fmt: str, source: str, system_prompt: str | None = 
         raise RowError("", f"each row must be an object, got {type(row).__name__}", "not_an_object")
     kind = detect_format(row) if fmt == "auto" else fmt
     if kind in ("chat", "instruction"):
-        return Example(row_to_messages(row, kind, system_prompt), source)
+        messages = row_to_messages(row, kind, system_prompt)
+        facts = row_facts(row)
+        return Example(messages, source, meta={"facts": facts} if facts else {})
     if kind == "text":
         _only(row, TEXT_KEYS)
         return Example([], source, kind="text", text=_text(row, "text", required=True))

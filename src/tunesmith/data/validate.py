@@ -24,6 +24,7 @@ FIXES: dict[str, str] = {
     "bad_order": "alternate user and assistant turns",
     "bad_message": "each message is an object {role, content}",
     "bad_weight": "weight is 0 or 1, on assistant turns",
+    "bad_facts": 'facts is a list of non-empty strings the answer must state, e.g. ["P2", "payroll"]',
     "missing_assistant": "end every example with an assistant answer",
     "too_long": "raise train.max_length or shorten the example",
     "too_few": "fine-tuning needs at least 10 examples; 100+ is better",

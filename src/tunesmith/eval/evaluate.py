@@ -6,31 +6,68 @@ import gc
 import json
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tunesmith.config import RunConfig
 from tunesmith.data.formats import Example
-from tunesmith.data.tokenize import encode_prompt, stop_token_ids
+from tunesmith.data.tokenize import encode_chat, encode_prompt, stop_token_ids
+from tunesmith.eval.classify import classification_report, macro_f1_stat
 from tunesmith.eval.compare import compare
+from tunesmith.eval.forgetting import PROBE_MAX_NEW_TOKENS, probe_messages, probe_text, summarize
 from tunesmith.eval.generate import Generation, PromptTuned, generate
+from tunesmith.eval.hallucination import unsupported_spans
 from tunesmith.eval.metrics import score_all
+from tunesmith.eval.perplexity import perplexity, sequence_nll, text_windows
 from tunesmith.io import atomic_write_json, atomic_write_text
 from tunesmith.train.methods import MERGEABLE, PEFT_METHODS
 
 
-def _speed(gens: list[Generation]) -> dict[str, float]:
+def _percentile(xs: list[float], q: float) -> float:
+    return float(np.percentile(xs, q)) if xs else 0.0
+
+
+def _speed(gens: list[Generation], single: list[Generation]) -> dict[str, Any]:
+    """Throughput of the batched pass; latency as each answer saw it (its batch's wall time), and, on a few
+    prompts run alone (`eval.latency_probe`), the latency of a single request."""
     # Batch members share their batch's wall time: count each batch once.
     seconds = sum({g.batch: g.seconds for g in gens}.values())
     tokens = sum(g.new_tokens for g in gens)
-    return {
+    out: dict[str, Any] = {
         "new_tokens": tokens,
         "mean_new_tokens": round(statistics.fmean(g.new_tokens for g in gens), 2) if gens else 0.0,
         "tokens_per_s": round(tokens / seconds, 1) if seconds else 0.0,
+        "batch_latency_s": {
+            "p50": round(_percentile([g.seconds for g in gens], 50), 3),
+            "p95": round(_percentile([g.seconds for g in gens], 95), 3),
+        },
     }
+    if single:
+        secs = [g.seconds for g in single]
+        toks = sum(g.new_tokens for g in single)
+        out["single"] = {
+            "n": len(single),
+            "latency_s_p50": round(_percentile(secs, 50), 3),
+            "latency_s_p95": round(_percentile(secs, 95), 3),
+            "tokens_per_s": round(toks / sum(secs), 1) if sum(secs) else 0.0,
+        }
+    return out
+
+
+@dataclass
+class PassOutput:
+    """What one model (base or tuned) produced."""
+
+    gens: list[Generation]
+    nll: list[tuple[float, int]] = field(default_factory=list)
+    single: list[Generation] = field(default_factory=list)
+    probe: list[Generation] = field(default_factory=list)
+    probe_nll: list[tuple[float, int]] = field(default_factory=list)
 
 
 def evaluate(
@@ -50,6 +87,9 @@ def evaluate(
     the same code) and cheap: one load, and a second copy of the weights in memory only during the base
     pass, well under training's peak (weights, gradients and two AdamW moments); and `tunesmith eval
     RUN_DIR`, which has no pre-training model, takes the same path.
+
+    Each pass also scores the reference answers' NLL (`perplexity`), times a few prompts alone
+    (`latency_probe`), and runs the forgetting probe (`forgetting_probe`).
     """
     console = console or Console(stderr=True)
     ec = cfg.eval
@@ -60,8 +100,17 @@ def evaluate(
     prompts = [encode_prompt(tok, ex.messages) for ex in examples]
     refs = [ex.reference for ex in examples]
     stops = stop_token_ids(tok, getattr(model, "generation_config", None))
+    want_nll = "perplexity" in ec.metrics
+    nll_seqs = []
+    if want_nll:
+        for ex in examples:
+            enc = encode_chat(tok, ex.messages, max_length=1 << 30, stop_ids=stops)
+            nll_seqs.append((enc.input_ids, enc.labels))
+    n_single = min(ec.latency_probe, len(prompts))
+    probe_prompts = [encode_prompt(tok, m) for m in probe_messages()] if ec.forgetting_probe else []
+    probe_windows = text_windows(tok, probe_text()) if ec.forgetting_probe else []
 
-    outputs: dict[str, list[Generation]] = {}
+    outputs: dict[str, PassOutput] = {}
     with Progress(
         TextColumn("[bold]eval {task.description}[/bold]"),
         BarColumn(),
@@ -70,13 +119,25 @@ def evaluate(
         console=console,
     ) as progress:
         for which in ("base", "tuned"):
-            task = progress.add_task(which, total=len(prompts))
+            task = progress.add_task(which, total=len(prompts) + n_single + len(probe_prompts))
 
             def advance(n: int, task: Any = task) -> None:
                 progress.advance(task, n)
 
-            def run(m: Any) -> list[Generation]:
-                return generate(m, tok, prompts, ec.max_new_tokens, ec.batch_size, stops, advance)
+            def run(m: Any, fwd: Any | None = None) -> PassOutput:
+                """`m` generates; `fwd` (default `m`) scores NLL: a PromptTuned wrapper only generates."""
+                fwd = m if fwd is None else fwd
+                out = PassOutput(generate(m, tok, prompts, ec.max_new_tokens, ec.batch_size, stops, advance))
+                if want_nll:
+                    out.nll = sequence_nll(fwd, nll_seqs)
+                if n_single:
+                    out.single = generate(m, tok, prompts[:n_single], ec.max_new_tokens, 1, stops, advance)
+                if probe_prompts:
+                    out.probe = generate(
+                        m, tok, probe_prompts, PROBE_MAX_NEW_TOKENS, ec.batch_size, stops, advance
+                    )
+                    out.probe_nll = sequence_nll(fwd, probe_windows)
+                return out
 
             if which == "base" and load_base is not None:
                 base = load_base()
@@ -95,41 +156,109 @@ def evaluate(
                 finally:
                     model.unmerge_adapter()
             elif method == "prompt":
-                outputs[which] = run(PromptTuned(model))
+                outputs[which] = run(PromptTuned(model), model)
             else:
                 # prefix (peft offsets the positions past its virtual keys/values), qlora, full.
                 outputs[which] = run(model)
 
-    base_texts = [g.text for g in outputs["base"]]
-    tuned_texts = [g.text for g in outputs["tuned"]]
-    base_scores = score_all(ec.metrics, ec.json_fields, base_texts, refs)
-    tuned_scores = score_all(ec.metrics, ec.json_fields, tuned_texts, refs)
-    rows = compare(base_scores, tuned_scores, cfg.parsed_targets(), seed=cfg.train.seed)
+    base_texts = [g.text for g in outputs["base"].gens]
+    tuned_texts = [g.text for g in outputs["tuned"].gens]
+    sources = [[m["content"] for m in ex.prompt_messages] for ex in examples]
+    facts = [list(ex.meta.get("facts", [])) for ex in examples]
+    base_scores = score_all(ec.metrics, ec.json_fields, base_texts, refs, sources, facts)
+    tuned_scores = score_all(ec.metrics, ec.json_fields, tuned_texts, refs, sources, facts)
+    corpus: dict[str, tuple[Any, Any, int]] = {}
+    result_extra: dict[str, Any] = {}
+    if "classification" in ec.metrics:
+        corpus["macro_f1"] = (macro_f1_stat(base_texts, refs), macro_f1_stat(tuned_texts, refs), len(refs))
+        result_extra["classification"] = {
+            "base": classification_report(base_texts, refs),
+            "tuned": classification_report(tuned_texts, refs),
+        }
+    if want_nll:
+        corpus["perplexity"] = (
+            _perplexity_stat(outputs["base"].nll),
+            _perplexity_stat(outputs["tuned"].nll),
+            len(nll_seqs),
+        )
+    rows = compare(base_scores, tuned_scores, cfg.parsed_targets(), seed=cfg.train.seed, corpus=corpus)
+    order = ec.metric_names()
+    rows.sort(key=lambda r: order.index(r.metric) if r.metric in order else len(order))
 
     out_dir = run_dir / "eval"
+    want_spans = "hallucination" in ec.metrics
     preds = []
     for i, ex in enumerate(examples):
-        preds.append(
-            {
-                "source": ex.source,
-                "prompt": ex.messages[-2]["content"] if len(ex.messages) >= 2 else "",
-                "reference": refs[i],
-                "base": base_texts[i],
-                "tuned": tuned_texts[i],
-                "scores": {m: {"base": base_scores[m][i], "tuned": tuned_scores[m][i]} for m in tuned_scores},
+        p: dict[str, Any] = {
+            "id": i,
+            "source": ex.source,
+            "prompt": ex.messages[-2]["content"] if len(ex.messages) >= 2 else "",
+            "reference": refs[i],
+            "base": base_texts[i],
+            "tuned": tuned_texts[i],
+            "scores": {m: {"base": base_scores[m][i], "tuned": tuned_scores[m][i]} for m in tuned_scores},
+        }
+        if want_nll:
+            for which in ("base", "tuned"):
+                s, n = outputs[which].nll[i]
+                p["scores"].setdefault("ref_nll", {})[which] = s / n if n else None
+        if facts[i]:
+            p["facts"] = facts[i]
+        if want_spans:
+            p["hallucinated_spans"] = {
+                which: [sp.as_dict() for sp in unsupported_spans(text, [*sources[i], refs[i]])]
+                for which, text in (("base", base_texts[i]), ("tuned", tuned_texts[i]))
             }
+        preds.append(p)
+    preds_text = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds)
+    # Human review scores rated these very outputs: a re-evaluation with identical predictions keeps them.
+    kept_review = None
+    old_preds, old_eval = out_dir / "predictions.jsonl", out_dir / "eval.json"
+    if old_eval.is_file() and old_preds.is_file() and old_preds.read_text(encoding="utf-8") == preds_text:
+        kept_review = json.loads(old_eval.read_text(encoding="utf-8")).get("review")
+    atomic_write_text(out_dir / "predictions.jsonl", preds_text)
+    warnings: list[str] = []
+    if ec.forgetting_probe:
+        forgetting = summarize(
+            [g.text for g in outputs["base"].probe],
+            [g.text for g in outputs["tuned"].probe],
+            perplexity(outputs["base"].probe_nll),
+            perplexity(outputs["tuned"].probe_nll),
+            ec.forgetting_margin,
         )
-    atomic_write_text(
-        out_dir / "predictions.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds)
-    )
+        atomic_write_text(
+            out_dir / "forgetting.jsonl",
+            "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in forgetting.pop("items")),
+        )
+        result_extra["forgetting"] = forgetting
+        warnings += forgetting["warnings"]
+    for w in warnings:
+        console.print(f"[yellow bold]warning:[/yellow bold] {w}", highlight=False)
     failed = [r.metric for r in rows if r.status == "FAIL"]
     result = {
         "n_examples": len(examples),
         "primary_metric": ec.primary,
         "metrics": [r.as_dict() for r in rows],
-        "speed": {"base": _speed(outputs["base"]), "tuned": _speed(outputs["tuned"])},
+        "speed": {
+            "base": _speed(outputs["base"].gens, outputs["base"].single),
+            "tuned": _speed(outputs["tuned"].gens, outputs["tuned"].single),
+        },
+        **result_extra,
+        **({"review": kept_review} if kept_review else {}),
+        "warnings": warnings,
         "targets_met": not failed,
         "failed_targets": failed,
     }
     atomic_write_json(out_dir / "eval.json", result)
     return result
+
+
+def _perplexity_stat(parts: list[tuple[float, int]]) -> Callable[[np.ndarray], float]:
+    sums = np.array([s for s, _ in parts], dtype=float)
+    counts = np.array([n for _, n in parts], dtype=float)
+
+    def stat(idx: np.ndarray) -> float:
+        tokens = counts[idx].sum()
+        return float(np.exp(sums[idx].sum() / tokens)) if tokens else float("nan")
+
+    return stat

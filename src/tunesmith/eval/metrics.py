@@ -1,4 +1,11 @@
-"""Per-example metric scores (each in [0, 1]); aggregation and confidence live in compare.py."""
+"""Per-example metric scores; aggregation and confidence live in compare.py.
+
+Scores are in [0, 1] except `readability` (a Flesch-Kincaid grade) and `perplexity` (see perplexity.py).
+A score is None where a metric does not apply to an example (`facts` on an example without facts, or
+`readability` of an empty output); compare() pairs base and tuned on the examples where both have one.
+Corpus-level statistics (macro F1, corpus BLEU, perplexity) are computed from the per-example parts in
+compare.py and classify.py.
+"""
 
 from __future__ import annotations
 
@@ -78,27 +85,88 @@ def field_accuracy(pred: str, ref: str, field: str) -> float:
     return float(normalize(str(p[field])).lower() == normalize(str(r[field])).lower())
 
 
+def bleu(pred: str, ref: str) -> float:
+    """Sentence BLEU (sacrebleu defaults: 13a tokenizer, exp smoothing, effective order) scaled to [0, 1]."""
+    import sacrebleu
+
+    return float(sacrebleu.sentence_bleu(pred, [ref]).score) / 100
+
+
+def chrf(pred: str, ref: str) -> float:
+    """Sentence chrF (sacrebleu defaults: character 6-grams, beta 2) scaled to [0, 1]."""
+    import sacrebleu
+
+    return float(sacrebleu.sentence_chrf(pred, [ref]).score) / 100
+
+
+def readability(pred: str) -> float | None:
+    """Flesch-Kincaid grade level of the output (textstat); None for an output without words."""
+    if not _words(pred):
+        return None
+    import textstat
+
+    return float(textstat.flesch_kincaid_grade(pred))
+
+
+def facts_coverage(pred: str, facts: Sequence[str]) -> float | None:
+    """Share of the required facts that appear in the output (case-, punctuation- and spacing-insensitive,
+    whole words); None for an example without facts."""
+    if not facts:
+        return None
+    text = f" {' '.join(_words(pred))} "
+    found = sum(1 for f in facts if f" {' '.join(_words(f))} " in text)
+    return found / len(facts)
+
+
 SIMPLE: dict[str, Callable[[str, str], float]] = {
     "exact_match": exact_match,
     "token_f1": token_f1,
     "rouge_l": rouge_l,
     "accuracy": label_accuracy,
     "json_valid": json_valid,
+    "bleu": bleu,
+    "chrf": chrf,
 }
+
+# Which way is better, for deltas, regressions and the forgetting probe; None: neither (a property).
+HIGHER_IS_BETTER: dict[str, bool | None] = {"hallucination": False, "perplexity": False, "readability": None}
+
+
+def higher_is_better(metric: str) -> bool | None:
+    return HIGHER_IS_BETTER.get(metric, True)
 
 
 def score_all(
-    metrics: Sequence[str], json_fields: Sequence[str], preds: Sequence[str], refs: Sequence[str]
-) -> dict[str, list[float]]:
-    """metric name -> per-example scores, in the order of `preds`."""
-    out: dict[str, list[float]] = {}
+    metrics: Sequence[str],
+    json_fields: Sequence[str],
+    preds: Sequence[str],
+    refs: Sequence[str],
+    sources: Sequence[Sequence[str]] | None = None,
+    facts: Sequence[Sequence[str]] | None = None,
+) -> dict[str, list[float | None]]:
+    """metric name -> per-example scores, in the order of `preds`.
+
+    `sources`: per example, the prompt texts (for `hallucination`, which also reads the reference);
+    `facts`: per example, the facts its output must state (for `facts`). Metrics that need a model
+    (`perplexity`) or the whole set (`classification`) are computed elsewhere and skipped here.
+    """
+    from tunesmith.eval.hallucination import hallucinated
+
+    out: dict[str, list[float | None]] = {}
+    pairs = list(zip(preds, refs, strict=True))
     for m in metrics:
         if m == "field_accuracy":
             for f in json_fields:
-                out[f"field_accuracy.{f}"] = [
-                    field_accuracy(p, r, f) for p, r in zip(preds, refs, strict=True)
-                ]
-        else:
+                out[f"field_accuracy.{f}"] = [field_accuracy(p, r, f) for p, r in pairs]
+        elif m == "readability":
+            out[m] = [readability(p) for p, _ in pairs]
+        elif m == "facts":
+            fs = facts or [[] for _ in preds]
+            out[m] = [facts_coverage(p, f) for p, f in zip(preds, fs, strict=True)]
+        elif m == "hallucination":
+            srcs = sources or [[] for _ in preds]
+            out[m] = [hallucinated(p, [*s, r]) for (p, r), s in zip(pairs, srcs, strict=True)]
+        elif m in SIMPLE:
             fn = SIMPLE[m]
-            out[m] = [fn(p, r) for p, r in zip(preds, refs, strict=True)]
+            out[m] = [fn(p, r) for p, r in pairs]
     return out
