@@ -153,9 +153,7 @@ def file_sha256(path: Path) -> str:
 
 def hash_tree(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder`, by path relative to it."""
-    return {
-        str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()
-    }
+    return {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def mark_stage(run_dir: Path, stage: str, status: str, **extra: Any) -> dict[str, Any]:
@@ -275,7 +273,8 @@ def _fill(db: sqlite3.Connection, runs_dir: Path) -> None:
     db.execute("DELETE FROM alias_events")
     for at, alias, action, run_id in sorted(events):
         db.execute(
-            "INSERT INTO alias_events (alias, action, run_id, at) VALUES (?,?,?,?)", (alias, action, run_id, at)
+            "INSERT INTO alias_events (alias, action, run_id, at) VALUES (?,?,?,?)",
+            (alias, action, run_id, at),
         )
 
 
@@ -305,7 +304,10 @@ def sync(runs_dir: str | Path) -> None:
     """Index manifests written since their last indexing (or by hand), drop runs whose folder is gone."""
     runs_dir = Path(runs_dir)
     with connect(runs_dir) as db:
-        known = {r["id"]: (r["path"], r["manifest_mtime_ns"]) for r in db.execute("SELECT id, path, manifest_mtime_ns FROM runs")}
+        known = {
+            r["id"]: (r["path"], r["manifest_mtime_ns"])
+            for r in db.execute("SELECT id, path, manifest_mtime_ns FROM runs")
+        }
         on_disk = set()
         for manifest_path in runs_dir.glob("*/manifest.json"):
             rid = manifest_path.parent.name
@@ -389,7 +391,9 @@ def _next_at(db: sqlite3.Connection) -> str:
 
 def _record_event(db: sqlite3.Connection, run_path: Path, alias: str, action: str, run_id: str) -> None:
     at = _next_at(db)
-    db.execute("INSERT INTO alias_events (alias, action, run_id, at) VALUES (?,?,?,?)", (alias, action, run_id, at))
+    db.execute(
+        "INSERT INTO alias_events (alias, action, run_id, at) VALUES (?,?,?,?)", (alias, action, run_id, at)
+    )
     # Inside the transaction: if the manifest cannot be written, the event is rolled back too.
     manifest = read_manifest(run_path)
     manifest.setdefault("promotions", []).append({"alias": alias, "action": action, "at": at})
@@ -439,7 +443,9 @@ def alias_history(runs_dir: str | Path, alias: str | None = None) -> list[dict[s
     sync(runs_dir)
     with connect(runs_dir) as db:
         q = "SELECT alias, action, run_id, at FROM alias_events"
-        rows = db.execute(q + (" WHERE alias = ?" if alias else "") + " ORDER BY at, seq", (alias,) if alias else ())
+        rows = db.execute(
+            q + (" WHERE alias = ?" if alias else "") + " ORDER BY at, seq", (alias,) if alias else ()
+        )
         return [dict(r) for r in rows]
 
 

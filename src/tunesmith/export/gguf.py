@@ -36,7 +36,9 @@ def _tokenizer_metadata(writer: Any, tok: Any, tokenizer_dir: Path) -> None:
         raise GGUFExportError("GGUF export needs a fast (tokenizer.json) tokenizer")
     model = backend.model
     if type(model).__name__ != "BPE":
-        raise GGUFExportError(f"GGUF export supports byte-level BPE tokenizers; this one is {type(model).__name__}")
+        raise GGUFExportError(
+            f"GGUF export supports byte-level BPE tokenizers; this one is {type(model).__name__}"
+        )
     n = len(tok)
     tokens = tok.convert_ids_to_tokens(list(range(n)))
     added = tok.added_tokens_decoder  # id -> AddedToken
@@ -68,7 +70,9 @@ def write_gguf(model: Any, tok: Any, tokenizer_dir: Path, path: Path, quant: str
     import torch
 
     if quant not in QUANTS:
-        raise GGUFExportError(f"GGUF quantization {quant!r} is not supported; choose one of {', '.join(QUANTS)}")
+        raise GGUFExportError(
+            f"GGUF quantization {quant!r} is not supported; choose one of {', '.join(QUANTS)}"
+        )
     cfg = model.config
     if cfg.model_type != "llama":
         raise GGUFExportError(

@@ -74,7 +74,10 @@ def _integrity(manifest: dict[str, Any], run_dir: Path, saved_name: str) -> dict
 
     recorded = (manifest.get("artifacts") or {}).get(saved_name, {}).get("sha256")
     if recorded is None:
-        return {"checked": False, "reason": "no hashes recorded at training time (run made by an older version)"}
+        return {
+            "checked": False,
+            "reason": "no hashes recorded at training time (run made by an older version)",
+        }
     now = hash_tree(run_dir / saved_name)
     changed = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
     return {"checked": True, "changed": changed, "passed": not changed}
@@ -121,7 +124,7 @@ def _write_vllm(tmp: Path, cfg: Any, manifest: dict[str, Any], run_dir: Path, to
     atomic_write_text(
         tmp / "serve.sh",
         "#!/bin/sh\n# Serve this run with vLLM (OpenAI-compatible API on port 8000); request model="
-        f"{name!r}.\nexec {cmd} \"$@\"\n",
+        f'{name!r}.\nexec {cmd} "$@"\n',
     )
     (tmp / "serve.sh").chmod(0o755)
     return cmd
@@ -163,7 +166,12 @@ def export_run(
     name = f"gguf-{quant}" if fmt == "gguf" else fmt
     served_name = manifest["id"]
     tok = load_tokenizer(str(run_dir / saved_name))
-    report: dict[str, Any] = {"run": manifest["id"], "format": fmt, "method": method, "base_model": manifest["model"]}
+    report: dict[str, Any] = {
+        "run": manifest["id"],
+        "format": fmt,
+        "method": method,
+        "base_model": manifest["model"],
+    }
     report["integrity"] = _integrity(manifest, run_dir, saved_name)
 
     test = read_prepared_examples(run_dir / "data" / "test.jsonl")
@@ -175,6 +183,7 @@ def export_run(
 
     with atomic_dir(run_dir / "export" / name) as tmp:
         tokenizer_check: dict[str, Any] | None = None
+        exported: Any
         if fmt == "merged":
             merge_fn(cfg, manifest, run_dir).save_pretrained(tmp)
             tok.save_pretrained(tmp)
@@ -207,7 +216,8 @@ def export_run(
             gguf_tok = AutoTokenizer.from_pretrained(str(tmp), gguf_file=fname)
             texts = [tok.decode(p.ids) for p in items]
             same_ids = [
-                gguf_tok(t, add_special_tokens=False)["input_ids"] == tok(t, add_special_tokens=False)["input_ids"]
+                gguf_tok(t, add_special_tokens=False)["input_ids"]
+                == tok(t, add_special_tokens=False)["input_ids"]
                 for t in texts
             ]
             tokenizer_check = {
@@ -225,7 +235,8 @@ def export_run(
         if integrity["checked"] and not integrity["passed"]:
             problems.insert(0, f"{saved_name}/ changed since training: {', '.join(integrity['changed'])}")
         if tokenizer_check and not (
-            tokenizer_check["prompts_tokenized_identically"] == 1.0 and tokenizer_check["chat_template_identical"]
+            tokenizer_check["prompts_tokenized_identically"] == 1.0
+            and tokenizer_check["chat_template_identical"]
         ):
             problems.append(f"the GGUF tokenizer differs from the trained one: {tokenizer_check}")
         # fp32 exports must reproduce what the eval stage generated; GGUF is rounded, so this is reported only.

@@ -110,9 +110,14 @@ def compare_models(
         g_exp = _greedy(exported, p.ids[: p.prompt_len], max_new_tokens, stop_ids)
         greedy_same += g_ref == g_exp
         per_prompt.append(
-            {"tokens": len(p.ids), "max_abs_diff": diff, "top1_agree": same / a.shape[0], "greedy_same": g_ref == g_exp}
+            {
+                "tokens": len(p.ids),
+                "max_abs_diff": diff,
+                "top1_agree": same / a.shape[0],
+                "greedy_same": g_ref == g_exp,
+            }
         )
-    result = {
+    result: dict[str, Any] = {
         "prompts": len(items),
         "positions": positions,
         "max_abs_diff": max_diff,
