@@ -319,6 +319,7 @@ def export_cmd(
             "prompts",
             "positions",
             "max_abs_diff",
+            "max_rel_diff",
             "top1_agreement",
             "greedy_agreement",
             "tolerance",

@@ -261,6 +261,7 @@ def export_run(
     exports[name] = {
         "path": f"export/{name}",
         "max_abs_diff": report["verification"]["max_abs_diff"],
+        "max_rel_diff": report["verification"]["max_rel_diff"],
         "top1_agreement": report["verification"]["top1_agreement"],
         "greedy_agreement": report["verification"]["greedy_agreement"],
     }
