@@ -181,8 +181,13 @@ def _registry_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 @runs_app.command("ls")
-def runs_ls(runs_dir: RunsDirOpt = RUNS_DIR_DEFAULT) -> None:
+def runs_ls(
+    runs_dir: RunsDirOpt = RUNS_DIR_DEFAULT,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run, for scripts.")] = False,
+) -> None:
     """List every run with its stage, method, primary metric and aliases."""
+    import json
+
     from rich.table import Table
 
     from tunesmith.registry import aliases, list_runs
@@ -191,9 +196,32 @@ def runs_ls(runs_dir: RunsDirOpt = RUNS_DIR_DEFAULT) -> None:
     by_run: dict[str, list[str]] = {}
     for alias, run_id in aliases(runs_dir).items():
         by_run.setdefault(run_id, []).append(alias)
+    if as_json:
+        for r in rows:
+            fields = (
+                "id",
+                "created",
+                "stage",
+                "method",
+                "base_model",
+                "primary_metric",
+                "primary_value",
+                "targets_met",
+                "parent_run",
+            )
+            print(
+                json.dumps(
+                    {
+                        **{k: getattr(r, k) for k in fields},
+                        "aliases": by_run.get(r.id, []),
+                        "path": str(r.path),
+                    }
+                )
+            )
+        return
     t = Table(title=f"runs in {runs_dir}", title_justify="left")
     for col in ("id", "created", "stage", "method", "primary metric", "targets", "parent", "aliases"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=col in ("id", "parent"))
     for r in rows:
         metric = f"{r.primary_metric} {r.primary_value:.3f}" if r.primary_value is not None else ""
         targets = "" if r.targets_met is None else ("met" if r.targets_met else "missed")

@@ -190,6 +190,8 @@ def export_feedback(
                 candidates.append(("dpo", pair))
             else:
                 skipped["dpo_multi_turn"] += 1
+        elif not answer.strip():
+            skipped["dpo_empty_answer"] += 1
         for kind, row in candidates:
             try:
                 ex = row_to_example(row, "auto", f"feedback:{r['seq']}")
