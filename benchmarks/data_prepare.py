@@ -61,7 +61,9 @@ def generate(path: Path, n: int, seed: int) -> dict[str, Any]:
 
     def text(lo: int, hi: int) -> str:
         k = rng.randint(lo, hi)
-        words = rng.choices(vocab, cum_weights=cum, k=k - k // 3) + [rng.choice(function) for _ in range(k // 3)]
+        words = rng.choices(vocab, cum_weights=cum, k=k - k // 3) + [
+            rng.choice(function) for _ in range(k // 3)
+        ]
         rng.shuffle(words)
         return " ".join(words).capitalize() + f" {rng.randint(1, 9999)}."
 
@@ -152,7 +154,11 @@ def measure(data: Path, out_dir: Path) -> None:
     seconds = time.perf_counter() - t0
     done.set()
     peak[0] = max(peak[0], _tree_rss_mb(os.getpid()))
-    print(json.dumps({"seconds": seconds, "peak_tree_rss_mb": peak[0], "counts": files.counts, "report": files.report}))
+    print(
+        json.dumps(
+            {"seconds": seconds, "peak_tree_rss_mb": peak[0], "counts": files.counts, "report": files.report}
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------------- scoring

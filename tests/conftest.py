@@ -102,3 +102,40 @@ def toy_config(tmp_path: Path, tiny_model_dir: Path) -> Path:
     path = tmp_path / "tunesmith.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
+
+
+def toy_run_config(root: Path, model_dir: Path, **train: Any) -> dict[str, Any]:
+    """The toy task on the tiny model, as a config dict (runs land in root/runs)."""
+    if not (root / "data.jsonl").is_file():
+        write_jsonl(root / "data.jsonl", make_label_rows(80))
+    return {
+        "name": "toy",
+        "model": str(model_dir),
+        "runs_dir": str(root / "runs"),
+        "data": {
+            "train": "data.jsonl",
+            "system_prompt": "Route the ticket.",
+            "split": {"val": 0.1, "test": 0.2},
+        },
+        "method": {"name": "lora", "r": 8, "alpha": 16},
+        "train": {"lr": 5e-3, "max_steps": 4, "batch_size": 4, "max_length": 128, "eval_every": 4, **train},
+        "eval": {"metrics": ["accuracy"], "max_new_tokens": 4, "batch_size": 8, "limit": 8},
+    }
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, list[str]]:
+    """Two LoRA runs of the toy task on the tiny model in one runs folder (the second with a 10x higher
+    learning rate, so the two adapters answer differently). Tests that change a run copy it first."""
+    from rich.console import Console
+
+    from tunesmith.config import validate_config
+    from tunesmith.runner import run_all
+
+    root = tmp_path_factory.mktemp("trained")
+    ids = []
+    for lr, seed in ((5e-3, 0), (5e-2, 1)):
+        cfg = validate_config(toy_run_config(root, tiny_model_dir, lr=lr, seed=seed), base_dir=root)
+        outcome = run_all(cfg, Console(quiet=True))
+        ids.append(outcome.run_dir.name)
+    return root / "runs", ids

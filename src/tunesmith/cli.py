@@ -15,7 +15,7 @@ from tunesmith.malloc import limit_heap_fragmentation  # noqa: E402
 limit_heap_fragmentation()  # before torch allocates: see tunesmith/malloc.py
 
 from pathlib import Path  # noqa: E402
-from typing import Annotated  # noqa: E402
+from typing import Annotated, Any  # noqa: E402
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -338,6 +338,313 @@ def model_prepare(
         print(resolve_model(model))
     except ModelError as e:
         raise _fail(e) from None
+
+
+runs_app = typer.Typer(
+    no_args_is_help=True, help="The registry of runs: list, inspect, compare, promote, roll back."
+)
+app.add_typer(runs_app, name="runs")
+feedback_app = typer.Typer(no_args_is_help=True, help="Turn served feedback into training data.")
+app.add_typer(feedback_app, name="feedback")
+
+RunsDirOpt = Annotated[
+    Path,
+    typer.Option(
+        "--runs-dir", envvar="TUNESMITH_RUNS_DIR", help="Folder of run directories (holds registry.sqlite)."
+    ),
+]
+RUNS_DIR_DEFAULT = Path("runs")
+
+
+def _registry_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    from tunesmith.registry import RegistryError
+
+    try:
+        return fn(*args, **kwargs)
+    except RegistryError as e:
+        raise _fail(e) from None
+
+
+@runs_app.command("ls")
+def runs_ls(
+    runs_dir: RunsDirOpt = RUNS_DIR_DEFAULT,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run, for scripts.")] = False,
+) -> None:
+    """List every run with its stage, method, primary metric and aliases."""
+    import json
+
+    from rich.table import Table
+
+    from tunesmith.registry import aliases, list_runs
+
+    rows = list_runs(runs_dir)
+    by_run: dict[str, list[str]] = {}
+    for alias, run_id in aliases(runs_dir).items():
+        by_run.setdefault(run_id, []).append(alias)
+    if as_json:
+        for r in rows:
+            fields = (
+                "id",
+                "created",
+                "stage",
+                "method",
+                "base_model",
+                "primary_metric",
+                "primary_value",
+                "targets_met",
+                "parent_run",
+            )
+            print(
+                json.dumps(
+                    {
+                        **{k: getattr(r, k) for k in fields},
+                        "aliases": by_run.get(r.id, []),
+                        "path": str(r.path),
+                    }
+                )
+            )
+        return
+    t = Table(title=f"runs in {runs_dir}", title_justify="left")
+    for col in ("id", "created", "stage", "method", "primary metric", "targets", "parent", "aliases"):
+        t.add_column(col, no_wrap=col in ("id", "parent"))
+    for r in rows:
+        metric = f"{r.primary_metric} {r.primary_value:.3f}" if r.primary_value is not None else ""
+        targets = "" if r.targets_met is None else ("met" if r.targets_met else "missed")
+        t.add_row(
+            r.id,
+            r.created,
+            r.stage,
+            r.method,
+            metric,
+            targets,
+            r.parent_run or "",
+            ", ".join(by_run.get(r.id, [])),
+        )
+    Console().print(t)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="Run id.")], runs_dir: RunsDirOpt = RUNS_DIR_DEFAULT
+) -> None:
+    """Print a run's manifest (config, data hash, base model and revision, code version, metrics, artifacts,
+    parent run, stages, promotions) as JSON."""
+    import json
+
+    from tunesmith.registry import get_run
+
+    run = _registry_call(get_run, runs_dir, run_id)
+    print(json.dumps(run.manifest, indent=2, ensure_ascii=False))
+
+
+@runs_app.command("compare")
+def runs_compare(
+    a: Annotated[str, typer.Argument(help="Run id.")],
+    b: Annotated[str, typer.Argument(help="Run id.")],
+    runs_dir: RunsDirOpt = RUNS_DIR_DEFAULT,
+) -> None:
+    """Two runs side by side: lineage facts, the config keys that differ, every metric."""
+    from rich.table import Table
+
+    from tunesmith.registry import compare_runs, get_run
+
+    diff = compare_runs(_registry_call(get_run, runs_dir, a), _registry_call(get_run, runs_dir, b))
+    out = Console()
+    for title, rows in (
+        ("facts", diff["facts"]),
+        ("config (differences)", diff["config"]),
+        ("metrics (tuned)", diff["metrics"]),
+    ):
+        t = Table(title=title, title_justify="left")
+        t.add_column("key")
+        t.add_column(a)
+        t.add_column(b)
+        for k, (va, vb) in rows.items():
+            fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
+            t.add_row(k, fmt(va), fmt(vb))
+        out.print(t)
+
+
+@runs_app.command("promote")
+def runs_promote(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    alias: Annotated[str, typer.Option(help="Alias to point at the run.")] = "production",
+    force: Annotated[bool, typer.Option(help="Promote a run that missed its targets.")] = False,
+    runs_dir: RunsDirOpt = RUNS_DIR_DEFAULT,
+) -> None:
+    """Point an alias (default `production`) at a run; `serve --alias` serves it. History is kept."""
+    from tunesmith.registry import promote
+
+    _registry_call(promote, runs_dir, run_id, alias, force)
+    console.print(f"{alias} -> {run_id}")
+
+
+@runs_app.command("rollback")
+def runs_rollback(
+    alias: Annotated[str, typer.Option(help="Alias to move back.")] = "production",
+    runs_dir: RunsDirOpt = RUNS_DIR_DEFAULT,
+) -> None:
+    """Point an alias back at the run promoted before the current one (history is kept)."""
+    from tunesmith.registry import rollback
+
+    old, new = _registry_call(rollback, runs_dir, alias)
+    console.print(f"{alias} -> {new} (was {old})")
+
+
+@runs_app.command("reindex")
+def runs_reindex(runs_dir: RunsDirOpt = RUNS_DIR_DEFAULT) -> None:
+    """Rebuild registry.sqlite from the runs' manifest.json files alone (promotion history included)."""
+    from tunesmith.registry import rebuild
+
+    print(rebuild(runs_dir))
+
+
+@app.command("export")
+def export_cmd(
+    run: Annotated[str, typer.Argument(help="Run id or run directory.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="merged, adapter, gguf or vllm.")] = "merged",
+    quant: Annotated[str, typer.Option(help="GGUF weights: q8_0 or f16.")] = "q8_0",
+    prompts: Annotated[int, typer.Option(help="Test prompts the export is verified on.")] = 8,
+    runs_dir: RunsDirOpt = RUNS_DIR_DEFAULT,
+) -> None:
+    """Export a trained run and verify it against base + adapter on its test prompts (logits max abs
+    difference, top-1 and greedy-output agreement); exit 1 when verification fails."""
+    import json
+
+    from tunesmith.export import ExportError, ExportVerificationError, export_run
+    from tunesmith.serve.server import run_dir_of
+
+    run_dir = _registry_call(run_dir_of, runs_dir, run)
+    try:
+        report = export_run(run_dir, format, quant=quant, n_prompts=prompts, console=console)
+    except ExportVerificationError as e:
+        print(json.dumps({k: v for k, v in e.report.items() if k != "files"}, indent=2, default=str))
+        raise _fail(e) from None
+    except (ExportError, ModelError) as e:
+        raise _fail(e) from None
+    v = report["verification"]
+    summary: dict[str, Any] = {
+        k: report[k] for k in ("run", "format", "integrity", "eval_predictions") if k in report
+    }
+    summary["verification"] = {
+        k: v[k]
+        for k in (
+            "prompts",
+            "positions",
+            "max_abs_diff",
+            "max_rel_diff",
+            "top1_agreement",
+            "greedy_agreement",
+            "tolerance",
+            "passed",
+        )
+    }
+    for k in ("command", "file", "tokenizer"):
+        if k in report:
+            summary[k] = report[k]
+    print(json.dumps(summary, indent=2))
+    console.print(f"[green]export verified[/green]: {run_dir / 'export'}")
+
+
+@app.command("serve")
+def serve_cmd(
+    runs: Annotated[
+        list[str] | None, typer.Argument(help="Run ids (or run directories) to serve.", show_default=False)
+    ] = None,
+    alias: Annotated[
+        str | None, typer.Option(help="Also serve the run this alias points at, under the alias name.")
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; anything but loopback needs an API key.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--api-key", envvar="TUNESMITH_API_KEY", help="Accepted API key(s).", show_default=False
+        ),
+    ] = None,
+    max_concurrency: Annotated[int, typer.Option(help="Requests admitted at once; more get 429.")] = 4,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds a request may take, waiting included (504 after).")
+    ] = 60.0,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body (413 above).")] = 1 << 20,
+    max_tokens: Annotated[
+        int, typer.Option(help="Completion tokens when a request gives no max_tokens.")
+    ] = 256,
+    max_context: Annotated[
+        int | None, typer.Option(help="Prompt + completion limit below the model's own.")
+    ] = None,
+    max_n: Annotated[int, typer.Option(help="Largest `n` (choices per request).")] = 4,
+    serve_dir: Annotated[
+        Path | None, typer.Option(help="Where responses and feedback are stored (default RUNS_DIR/serve).")
+    ] = None,
+    insecure_no_key: Annotated[
+        bool, typer.Option(help="Allow a non-loopback host without an API key.")
+    ] = False,
+    runs_dir: RunsDirOpt = RUNS_DIR_DEFAULT,
+) -> None:
+    """Serve runs over an OpenAI-compatible API (one base model, one adapter per run, chosen by `model`)."""
+    from tunesmith.registry import RegistryError
+    from tunesmith.serve.app import Settings
+    from tunesmith.serve.engine import ServeError
+    from tunesmith.serve.server import serve
+
+    settings = Settings(
+        api_keys=[k for k in (api_key or []) if k],
+        max_body_bytes=max_body_bytes,
+        max_concurrency=max_concurrency,
+        timeout_s=timeout,
+        max_n=max_n,
+        default_max_tokens=max_tokens,
+        max_context=max_context,
+        serve_dir=serve_dir or runs_dir / "serve",
+    )
+    try:
+        serve(runs_dir, list(runs or []), alias, settings, host, port, allow_no_key=insecure_no_key)
+    except (ServeError, RegistryError, ModelError, FileNotFoundError) as e:
+        raise _fail(e) from None
+
+
+@feedback_app.command("export")
+def feedback_export(
+    out: Annotated[Path, typer.Option(help="Folder for sft.jsonl, dpo.jsonl and feedback_set.json.")],
+    serve_dir: Annotated[Path | None, typer.Option(help="The serve folder (default RUNS_DIR/serve).")] = None,
+    include_upvoted: Annotated[
+        bool, typer.Option(help="Up-rated answers without a correction become SFT examples too.")
+    ] = False,
+    runs_dir: RunsDirOpt = RUNS_DIR_DEFAULT,
+) -> None:
+    """Corrections -> SFT chat examples; (rejected answer, correction) -> DPO pairs; both cleaned with the
+    served run's data rules and checked by the training data loader."""
+    import json
+
+    from tunesmith.serve.feedback import FeedbackStore, export_feedback
+
+    sdir = serve_dir or runs_dir / "serve"
+    if not (sdir / "feedback.sqlite").is_file():
+        raise _fail(
+            FileNotFoundError(f"{sdir} holds no feedback.sqlite; is it the folder `tunesmith serve` wrote?")
+        )
+    clean = None
+    served_runs = sorted({r["run_id"] for r in FeedbackStore(sdir).rows()})
+    if served_runs and (runs_dir / served_runs[0] / "resolved.yaml").is_file():
+        from tunesmith.runner import load_run_config
+
+        clean = load_run_config(runs_dir / served_runs[0]).data.clean
+    result = export_feedback(sdir, out, include_upvoted=include_upvoted, clean=clean)
+    print(
+        json.dumps(
+            {
+                "feedback_set": result.set_id,
+                "out": str(result.out_dir),
+                "sft": result.sft,
+                "dpo": result.dpo,
+                "skipped": result.skipped,
+            },
+            indent=2,
+        )
+    )
 
 
 @app.command("config-reference")

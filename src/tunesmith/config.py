@@ -456,7 +456,9 @@ class RunConfig(_Strict):
     )
     model: str = Field(
         "builtin:smollm2-135m-instruct",
-        description="Base model: `builtin:smollm2-135m-instruct`, a local Hugging Face model folder, or a hub id (needs internet).",
+        description="Base model: `builtin:smollm2-135m-instruct`, a local Hugging Face model folder, a hub id (needs internet), "
+        "or `run:ID`, a registered run in `runs_dir` to continue fine-tuning from (its merged weights; the new run's "
+        "manifest names it as parent).",
     )
     runs_dir: str = Field("runs", description="Folder for run directories, relative to the config file.")
     data: DataConfig = Field(..., description="Where the examples are and how they are read.")

@@ -130,10 +130,40 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
         raise
 
 
-def resolve_model(spec: str) -> str:
-    """`builtin:NAME` -> cached folder; an existing local folder -> itself; otherwise a hub id."""
+def resolve_run_model(ref: str, runs_dir: str | Path) -> str:
+    """`run:ID` (continual fine-tuning): the registered run's weights as one standalone model. A full
+    fine-tune's model/ as is; an adapter run's verified merged export (base + adapter merged), made now
+    if the run has none yet."""
+    from tunesmith.registry import RegistryError, get_run
+
+    p = Path(ref)
+    try:
+        run_dir = p.resolve() if (p / "manifest.json").is_file() else get_run(runs_dir, ref).path
+    except RegistryError as e:
+        raise ModelError(f"model run:{ref}: {e}") from e
+    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    if manifest.get("method") == "full":
+        if not (run_dir / "model" / "config.json").is_file():
+            raise ModelError(f"model run:{ref}: the run has no trained model/ yet")
+        return str(run_dir / "model")
+    merged = run_dir / "export" / "merged"
+    if not (merged / "export.json").is_file():
+        from tunesmith.export import ExportError, export_run
+
+        try:
+            export_run(run_dir, "merged")
+        except ExportError as e:
+            raise ModelError(f"model run:{ref}: cannot merge its adapter into the base: {e}") from e
+    return str(merged)
+
+
+def resolve_model(spec: str, runs_dir: str | Path = "runs") -> str:
+    """`builtin:NAME` -> cached folder; `run:ID` -> that run's merged weights (see resolve_run_model); an
+    existing local folder -> itself; otherwise a hub id."""
     if spec.startswith("builtin:"):
         return str(materialize_builtin(spec.removeprefix("builtin:")))
+    if spec.startswith("run:"):
+        return resolve_run_model(spec.removeprefix("run:"), runs_dir)
     p = Path(spec).expanduser()
     if p.exists():
         if not (p / "config.json").is_file():

@@ -47,7 +47,7 @@ class RunOutcome:
 
 def check_data(cfg: RunConfig, console: Console) -> tuple[str, Any, PreparedData]:
     """Resolve the model's tokenizer and validate + tokenize all data. Raises DataError; writes nothing."""
-    model_path = resolve_model(cfg.model)
+    model_path = resolve_model(cfg.model, runs_dir=cfg.runs_dir)
     tok = load_tokenizer(model_path)
     from transformers import GenerationConfig
 

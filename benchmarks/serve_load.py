@@ -1,0 +1,208 @@
+"""Load on a live `tunesmith serve` over loopback: requests/s and latency percentiles, and which errors.
+
+    PYTHONPATH=src python benchmarks/serve_load.py --model tiny                         # ~1 min
+    PYTHONPATH=src python benchmarks/serve_load.py --model smollm2 --run runs/<id>      # a trained SmolLM2 run
+
+`tiny` builds the 2-layer Llama of the tests (real SmolLM2 tokenizer) and trains a 2-step LoRA run on the
+toy task under benchmarks/.work/ first. The server runs in a subprocess with `--max-concurrency LIMIT`;
+for each client count C, C threads each send chat requests back to back (`max_tokens` fixed, greedy) until
+`--requests` have been answered in total; a 429 is retried after 100 ms, as a well-behaved client would
+(attempts are capped at 10x the requests). Latency is measured per request by the client (non-streaming, so
+request to last byte). Only two outcomes are designed: 200, and 429 when more than LIMIT requests are in
+flight; anything else is counted as an error and makes the script exit 1. Bounded: every request has a
+client timeout, and the run stops after the last client count. The machine's load average is recorded
+before and after, since it says how far the numbers can be trusted on a shared machine.
+Results: benchmarks/results/serve_load-<model>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "src")]
+
+from helpers import ServerProcess, make_label_rows, write_jsonl  # noqa: E402
+
+WORK = ROOT / "benchmarks" / ".work" / "serve_load"
+KEY = "bench"
+
+
+def tiny_run() -> tuple[Path, str]:
+    """A tiny LoRA run (2 steps) of the toy task; reused when present."""
+    import torch
+    from rich.console import Console
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunesmith.config import validate_config
+    from tunesmith.models import load_tokenizer, materialize_builtin
+    from tunesmith.registry import list_runs
+    from tunesmith.runner import run_all
+
+    runs = WORK / "runs"
+    done = [r for r in list_runs(runs) if r.stage == "eval"] if runs.is_dir() else []
+    if done:
+        return runs, done[-1].id
+    tok = load_tokenizer(str(materialize_builtin("smollm2-135m-instruct")))
+    model_dir = WORK / "tiny-llama"
+    if not (model_dir / "config.json").is_file():
+        torch.manual_seed(0)
+        cfg = LlamaConfig(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )  # fmt: skip
+        LlamaForCausalLM(cfg).save_pretrained(model_dir)
+        tok.save_pretrained(model_dir)
+    write_jsonl(WORK / "data.jsonl", make_label_rows(80))
+    raw = {
+        "name": "tiny", "model": str(model_dir), "runs_dir": str(runs),
+        "data": {"train": "data.jsonl", "system_prompt": "Route the ticket.", "split": {"val": 0.1, "test": 0.2}},
+        "method": {"name": "lora", "r": 8, "alpha": 16},
+        "train": {"max_steps": 2, "batch_size": 4, "max_length": 128},
+        "eval": {"metrics": ["accuracy"], "max_new_tokens": 4, "limit": 4},
+    }  # fmt: skip
+    outcome = run_all(validate_config(raw, base_dir=WORK), Console(quiet=True))
+    return runs, outcome.run_dir.name
+
+
+def percentile(xs: list[float], q: float) -> float | None:
+    xs = sorted(xs)
+    if not xs:
+        return None
+    k = (len(xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def load_level(
+    url: str, model: str, clients: int, total: int, max_tokens: int, prompts: list[str]
+) -> dict[str, Any]:
+    import openai
+
+    lock = threading.Lock()
+    answered = attempts = 0
+    results: list[tuple[int | str, float, int]] = []
+
+    def worker() -> None:
+        nonlocal answered, attempts
+        with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=300) as c:
+            while True:
+                with lock:
+                    if answered >= total or attempts >= 10 * total:
+                        return
+                    i = attempts
+                    attempts += 1
+                t = time.perf_counter()
+                tokens = 0
+                try:
+                    r = c.chat.completions.create(
+                        model=model,
+                        messages=[{"role": "user", "content": prompts[i % len(prompts)]}],
+                        max_tokens=max_tokens,
+                        temperature=0,
+                    )
+                    status: int | str = 200
+                    tokens = r.usage.completion_tokens if r.usage else 0
+                except openai.APIStatusError as e:
+                    status = e.status_code
+                except Exception as e:  # recorded as an error; the script exits 1
+                    status = type(e).__name__
+                with lock:
+                    results.append((status, time.perf_counter() - t, tokens))
+                    answered += status == 200
+                if status == 429:
+                    time.sleep(0.1)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    ok = [lat for s, lat, _ in results if s == 200]
+    counts = Counter(str(s) for s, _, _ in results)
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "wall_s": round(wall, 3),
+        "ok": len(ok),
+        "status_counts": dict(counts),
+        "errors": sum(n for s, n in counts.items() if s not in ("200", "429")),
+        "ok_requests_per_s": round(len(ok) / wall, 3),
+        "completion_tokens_per_s": round(sum(n for s, _, n in results if s == 200) / wall, 1),
+        "latency_ok_s": {
+            "p50": _round(percentile(ok, 0.5)),
+            "p95": _round(percentile(ok, 0.95)),
+            "mean": round(statistics.fmean(ok), 4) if ok else None,
+        },
+        "latency_429_s_p95": _round(percentile([lat for s, lat, _ in results if s == 429], 0.95)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    ap.add_argument("--run", type=Path, help="Run directory to serve (required for smollm2).")
+    ap.add_argument("--clients", default="1,4,8", help="Client counts, comma-separated.")
+    ap.add_argument("--requests", type=int, default=40, help="Requests per client count.")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--limit", type=int, default=4, help="Server --max-concurrency.")
+    args = ap.parse_args()
+
+    if args.model == "tiny":
+        runs, run_id = tiny_run()
+    else:
+        if args.run is None:
+            ap.error("--model smollm2 needs --run RUN_DIR (a trained SmolLM2 run)")
+        runs, run_id = args.run.resolve().parent, args.run.name
+    prompts = [r["instruction"] for r in make_label_rows(50, seed=11)]
+    if args.model == "smollm2":
+        tickets = ROOT / "examples" / "support-tickets" / "data" / "tickets.jsonl"
+        prompts = [json.loads(line)["instruction"] for line in tickets.read_text().splitlines()[:50]]
+    load_before = os.getloadavg()
+    serve_args = [run_id, "--runs-dir", str(runs), "--api-key", KEY, "--max-concurrency", str(args.limit)]
+    levels = []
+    with ServerProcess([*serve_args, "--serve-dir", str(WORK / "serve")], WORK / "server.log") as srv:
+        load_level(srv.url, run_id, 1, 2, args.max_tokens, prompts)  # warm-up
+        for c in (int(x) for x in args.clients.split(",")):
+            level = load_level(srv.url, run_id, c, args.requests, args.max_tokens, prompts)
+            print(json.dumps(level), flush=True)
+            levels.append(level)
+    result = {
+        "model": args.model,
+        "run": run_id,
+        "server_max_concurrency": args.limit,
+        "max_tokens": args.max_tokens,
+        "requests_per_level": args.requests,
+        "levels": levels,
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(),
+        "machine": platform.platform(),
+        "note": "loopback, non-streaming, greedy; latency is client-side request to last byte",
+    }
+    out = ROOT / "benchmarks" / "results" / f"serve_load-{args.model}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(out)
+    if any(level["errors"] for level in levels):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

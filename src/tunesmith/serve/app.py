@@ -1,0 +1,594 @@
+"""The OpenAI-compatible HTTP API (FastAPI): /v1/models, /v1/chat/completions (streaming or not),
+/v1/completions, /v1/feedback, /health and Prometheus /metrics.
+
+Safe by default: the CLI binds 127.0.0.1; with API keys set every route but /health needs
+`Authorization: Bearer KEY` (401 otherwise); bodies over the limit get 413; a prompt plus max_tokens over
+the context gets 400; n and stop sequences are capped; when `max_concurrency` requests are already admitted
+the next gets 429 at once; each request has a deadline (504, or an error event in a stream); and a
+request names a model the server loaded, never a path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tunesmith.serve.engine import Cancelled, Engine, GenerationTimeout, Sampling, Served, TextStream
+from tunesmith.serve.feedback import FeedbackStore, redactor
+from tunesmith.serve.metrics import Metrics
+
+# Parameters of the OpenAI API that change the answer and that this server does not implement: refusing
+# them is better than silently answering something else.
+UNSUPPORTED = (
+    "tools",
+    "functions",
+    "tool_choice",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "echo",
+    "suffix",
+    "best_of",
+)
+
+
+@dataclass
+class Settings:
+    api_keys: list[str] = field(default_factory=list)
+    max_body_bytes: int = 1 << 20
+    max_concurrency: int = 4
+    timeout_s: float = 60.0
+    max_n: int = 4
+    max_stop: int = 4
+    max_stop_chars: int = 64
+    default_max_tokens: int = 256
+    max_context: int | None = None  # below the model's own context, to bound memory and time per request
+    serve_dir: Path = Path("serve")
+
+
+class APIError(Exception):
+    def __init__(
+        self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None
+    ):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param = status, message, type_, param
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    seed: int | None = None
+    user: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+    @field_validator("content")
+    @classmethod
+    def _text_only(cls, v: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+        if isinstance(v, list) and any(part.get("type") != "text" for part in v):
+            raise ValueError("only text content parts are supported")
+        return v
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(str(p.get("text", "")) for p in self.content)
+
+
+class ChatRequest(_Request):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class CompletionRequest(_Request):
+    prompt: str = Field(..., min_length=1)
+    max_tokens: int | None = Field(16, ge=1)  # the OpenAI default for /v1/completions
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(..., description="The `id` of a chat completion or completion this server returned.")
+    rating: Literal["up", "down"] | int = Field(..., description="up/down or 1-5.")
+    correction: str | None = Field(None, max_length=20000, description="The answer it should have given.")
+    choice: int = Field(0, ge=0)
+    comment: str | None = Field(None, max_length=2000)
+
+    @field_validator("rating")
+    @classmethod
+    def _scale(cls, v: str | int) -> str | int:
+        if isinstance(v, int) and not 1 <= v <= 5:
+            raise ValueError("a numeric rating is 1-5")
+        return v
+
+
+def _error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None) -> Any:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": None}}, status)
+
+
+class Admission:
+    """At most `limit` generation requests admitted at once; the next is refused (429), never queued."""
+
+    def __init__(self, limit: int, metrics: Metrics):
+        self.limit = limit
+        self.metrics = metrics
+        self._lock = threading.Lock()
+
+    def try_enter(self) -> bool:
+        with self._lock:
+            if self.metrics.in_flight >= self.limit:
+                return False
+            self.metrics.in_flight += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self.metrics.in_flight -= 1
+
+
+class Job:
+    """One admitted generation request, run on its own thread (holding the model lock while it decodes);
+    events reach the event loop through an asyncio queue. The thread always ends: at the last token, at the
+    deadline, or when the client goes away (`cancel`)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        served: Served,
+        prompt: list[int],
+        sampling: Sampling,
+        n: int,
+        stops: list[str],
+        deadline: float,
+        on_done: Callable[[Job], None],
+    ):
+        self.engine, self.served, self.prompt, self.sampling = engine, served, prompt, sampling
+        self.n, self.stops, self.deadline, self.on_done = n, stops, deadline, on_done
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self.cancel = threading.Event()
+        self.texts: list[str] = [""] * n
+        self.finish: list[str] = ["length"] * n
+        self.completion_tokens = 0
+        self.error: BaseException | None = None
+        threading.Thread(target=self._run, daemon=True, name="tunesmith-generate").start()
+
+    def _put(self, *event: Any) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    def _run(self) -> None:
+        locked = False
+        try:
+            locked = self.engine.lock.acquire(timeout=max(0.0, self.deadline - time.monotonic()))
+            if not locked:
+                raise GenerationTimeout()
+            for i in range(self.n):
+                stream = TextStream(self.served.tokenizer, self.stops)
+                sampling = self.sampling
+                if sampling.seed is not None and i:
+                    sampling = Sampling(
+                        sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.seed + i
+                    )
+                for tok_id in self.engine.decode(
+                    self.served, self.prompt, sampling, self.deadline, self.cancel
+                ):
+                    self.completion_tokens += 1
+                    if delta := stream.push(tok_id):
+                        self._put("delta", i, delta)
+                    if stream.stopped:
+                        break
+                if delta := stream.flush():
+                    self._put("delta", i, delta)
+                self.texts[i] = stream.text
+                hit_length = len(stream.ids) >= sampling.max_tokens and not stream.stopped
+                self.finish[i] = "length" if hit_length else "stop"
+                self._put("finish", i, self.finish[i])
+        except (GenerationTimeout, Cancelled) as e:
+            self.error = e
+        except Exception as e:  # reported to the client as a 500 with the reason, and re-raised in the log
+            self.error = e
+        finally:
+            if locked:
+                self.engine.lock.release()
+            try:
+                self.on_done(self)
+            finally:
+                self._put("end")
+
+    async def events(self) -> AsyncIterator[tuple[Any, ...]]:
+        while True:
+            ev = await self.queue.get()
+            if ev[0] == "end":
+                return
+            yield ev
+
+
+ROUTES = frozenset(
+    {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/feedback"}
+)
+
+
+class Guard:
+    """ASGI middleware around every request: the API key check (all routes but /health) and the request
+    metrics; as plain ASGI (not BaseHTTPMiddleware) it sees a stream through to its last event."""
+
+    def __init__(self, app: Any, settings: Settings, metrics: Metrics):
+        self.app, self.settings, self.metrics = app, settings, metrics
+        self.keys = [k.encode() for k in settings.api_keys]
+
+    def _authorized(self, scope: dict[str, Any]) -> bool:
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        given = header[7:] if header[:7].lower() == b"bearer " else b""
+        # compare_digest against every key: no early exit that would time which key matched.
+        return any([hmac.compare_digest(given, k) for k in self.keys])
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        route = scope["path"] if scope["path"] in ROUTES else "other"  # bounded label values
+        status = [500]
+
+        async def send_status(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if route != "/health" and self.keys and not self._authorized(scope):
+                response = _error(
+                    401,
+                    "Incorrect or missing API key: send `Authorization: Bearer KEY`.",
+                    "authentication_error",
+                )
+                await response(scope, receive, send_status)
+                return
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.request(route, status[0], time.perf_counter() - start)
+
+
+def create_app(engine: Engine, settings: Settings) -> FastAPI:
+    app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None)
+    metrics = Metrics()
+    admission = Admission(settings.max_concurrency, metrics)
+    store = FeedbackStore(settings.serve_dir)
+    context = min(engine.context, settings.max_context or engine.context)
+    app.state.engine, app.state.metrics, app.state.store = engine, metrics, store
+
+    app.add_middleware(Guard, settings=settings, metrics=metrics)
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, e: APIError) -> Any:
+        return _error(e.status, e.message, e.type, e.param)
+
+    async def read_json(request: Request, model: type[BaseModel]) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
+            raise APIError(
+                413, f"request body of {length} bytes is over the limit of {settings.max_body_bytes}"
+            )
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > settings.max_body_bytes:
+                raise APIError(413, f"request body is over the limit of {settings.max_body_bytes} bytes")
+        try:
+            return model.model_validate_json(bytes(body))
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise APIError(
+                400, f"{where}: {first['msg']}" if where else first["msg"], param=where or None
+            ) from None
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models": sorted(engine.names), "in_flight": metrics.in_flight}
+
+    @app.get("/metrics")
+    async def prometheus() -> Any:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "created": engine.created,
+                "owned_by": "tunesmith",
+                "root": run_id,
+            }
+            for name, run_id in sorted(engine.names.items())
+        ]
+        return {"object": "list", "data": data}
+
+    def prepare(req: _Request) -> tuple[Served, list[str], int]:
+        extra = req.model_extra or {}
+        bad = [k for k in UNSUPPORTED if extra.get(k) not in (None, False, [], {})]
+        if bad:
+            raise APIError(
+                400,
+                f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not supported by this server",
+                param=bad[0],
+            )
+        served = engine.lookup(req.model)
+        if served is None:
+            raise APIError(
+                404,
+                f"The model `{req.model}` does not exist; served: {', '.join(sorted(engine.names))}",
+                param="model",
+            )
+        if req.n > settings.max_n:
+            raise APIError(400, f"n={req.n} is over this server's limit of {settings.max_n}", param="n")
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(stops) > settings.max_stop or any(len(s) > settings.max_stop_chars for s in stops):
+            raise APIError(
+                400,
+                f"at most {settings.max_stop} stop sequences of up to {settings.max_stop_chars} characters",
+                param="stop",
+            )
+        return served, stops, req.n
+
+    def budget(prompt_len: int, requested: int | None) -> int:
+        if requested is not None and prompt_len + requested > context:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {context} tokens. However, you requested "
+                f"{prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} in the completion). "
+                "Please reduce the length of the prompt or of max_tokens.",
+                param="max_tokens",
+            )
+        if prompt_len >= context:
+            raise APIError(
+                400,
+                f"the prompt is {prompt_len} tokens; this model's maximum context length is {context}",
+                param="messages",
+            )
+        return requested if requested is not None else min(settings.default_max_tokens, context - prompt_len)
+
+    async def run(
+        endpoint: Literal["chat", "text"],
+        req: _Request,
+        served: Served,
+        prompt: list[int],
+        max_tokens: int,
+        stops: list[str],
+        log_request: dict[str, Any],
+    ) -> Any:
+        if not admission.try_enter():
+            raise APIError(
+                429,
+                f"the server is at its limit of {settings.max_concurrency} concurrent requests; retry shortly",
+                "rate_limit_error",
+            )
+        rid = ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex
+        created = int(time.time())
+        sampling = Sampling(max_tokens, req.temperature or 0.0, req.top_p or 1.0, req.seed)
+
+        def done(job: Job) -> None:
+            admission.leave()
+            metrics.count_tokens(req.model, len(prompt) * req.n, job.completion_tokens)
+            if job.error is None:
+                redact = redactor(served.clean)
+                store.record_response(
+                    rid,
+                    endpoint,
+                    req.model,
+                    served.run_id,
+                    {
+                        k: redact(v)
+                        if isinstance(v, str)
+                        else [{**m, "content": redact(m["content"])} for m in v]
+                        for k, v in log_request.items()
+                    },
+                    [redact(t) for t in job.texts],
+                )
+
+        job = Job(engine, served, prompt, sampling, req.n, stops, time.monotonic() + settings.timeout_s, done)
+        obj = "chat.completion" if endpoint == "chat" else "text_completion"
+
+        def usage() -> dict[str, int]:
+            p = len(prompt)
+            return {
+                "prompt_tokens": p,
+                "completion_tokens": job.completion_tokens,
+                "total_tokens": p + job.completion_tokens,
+            }
+
+        if not req.stream:
+            try:
+                async for _ in job.events():
+                    pass
+            except asyncio.CancelledError:
+                job.cancel.set()
+                raise
+            if isinstance(job.error, GenerationTimeout):
+                raise APIError(
+                    504,
+                    f"generation did not finish within the request timeout of {settings.timeout_s:g}s",
+                    "timeout_error",
+                )
+            if job.error is not None:
+                raise APIError(500, f"generation failed: {job.error}", "server_error") from job.error
+            if endpoint == "chat":
+                choices = [
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": t},
+                        "finish_reason": job.finish[i],
+                        "logprobs": None,
+                    }
+                    for i, t in enumerate(job.texts)
+                ]
+            else:
+                choices = [
+                    {"index": i, "text": t, "finish_reason": job.finish[i], "logprobs": None}
+                    for i, t in enumerate(job.texts)
+                ]
+            return {
+                "id": rid,
+                "object": obj,
+                "created": created,
+                "model": req.model,
+                "choices": choices,
+                "usage": usage(),
+                "system_fingerprint": served.run_id,
+            }
+
+        chunk_obj = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
+        include_usage = bool((req.stream_options or {}).get("include_usage"))
+
+        def sse(payload: dict[str, Any]) -> str:
+            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+            return sse(
+                {
+                    "id": rid,
+                    "object": chunk_obj,
+                    "created": created,
+                    "model": req.model,
+                    "choices": choices,
+                    "system_fingerprint": served.run_id,
+                    **extra,
+                }
+            )
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                if endpoint == "chat":
+                    for i in range(req.n):
+                        yield chunk(
+                            [
+                                {
+                                    "index": i,
+                                    "delta": {"role": "assistant", "content": ""},
+                                    "finish_reason": None,
+                                }
+                            ]
+                        )
+                async for ev in job.events():
+                    if ev[0] == "delta":
+                        _, i, text = ev
+                        c = (
+                            {"index": i, "delta": {"content": text}}
+                            if endpoint == "chat"
+                            else {"index": i, "text": text}
+                        )
+                        yield chunk([{**c, "finish_reason": None, "logprobs": None}])
+                    elif ev[0] == "finish":
+                        _, i, reason = ev
+                        c = {"index": i, "delta": {}} if endpoint == "chat" else {"index": i, "text": ""}
+                        yield chunk([{**c, "finish_reason": reason, "logprobs": None}])
+                if job.error is not None:
+                    timeout = isinstance(job.error, GenerationTimeout)
+                    message = (
+                        f"generation did not finish within the request timeout of {settings.timeout_s:g}s"
+                        if timeout
+                        else f"generation failed: {job.error}"
+                    )
+                    yield sse(
+                        {
+                            "error": {
+                                "message": message,
+                                "type": "timeout_error" if timeout else "server_error",
+                            }
+                        }
+                    )
+                elif include_usage:
+                    yield chunk([], usage=usage())
+                yield "data: [DONE]\n\n"
+            finally:
+                job.cancel.set()  # the client went away, or the stream ended: the thread stops either way
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        from tunesmith.data.tokenize import TemplateError, encode_prompt
+
+        req = await read_json(request, ChatRequest)
+        served, stops, _ = prepare(req)
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
+        ]
+        if messages[-1]["role"] != "user":
+            raise APIError(400, "the last message must be a user message", param="messages")
+        if messages[0]["role"] != "system" and served.system_prompt:
+            # Training put the run's system prompt before every example; serving does the same.
+            messages.insert(0, {"role": "system", "content": served.system_prompt})
+        try:
+            prompt = encode_prompt(served.tokenizer, messages)  # type: ignore[arg-type]
+        except (TemplateError, ValueError) as e:
+            raise APIError(
+                400, f"messages cannot be rendered with the chat template: {e}", param="messages"
+            ) from e
+        max_tokens = budget(len(prompt), req.max_completion_tokens or req.max_tokens)
+        return await run("chat", req, served, prompt, max_tokens, stops, {"messages": messages})
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        req = await read_json(request, CompletionRequest)
+        served, stops, _ = prepare(req)
+        prompt = list(served.tokenizer(req.prompt)["input_ids"])
+        max_tokens = budget(len(prompt), req.max_tokens)
+        return await run("text", req, served, prompt, max_tokens, stops, {"prompt": req.prompt})
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> Any:
+        req = await read_json(request, FeedbackRequest)
+        stored = await asyncio.to_thread(store.response, req.id)
+        if stored is None:
+            raise APIError(404, f"no response with id {req.id!r} on this server", param="id")
+        if req.choice >= len(json.loads(stored["choices"])):
+            raise APIError(400, f"response {req.id} has no choice {req.choice}", param="choice")
+        served = engine.served.get(stored["run_id"])
+        redact = redactor(served.clean) if served else redactor(_default_clean())
+        seq = await asyncio.to_thread(
+            store.add_feedback,
+            req.id,
+            req.choice,
+            req.rating,
+            redact(req.correction) if req.correction else None,
+            redact(req.comment) if req.comment else None,
+        )
+        return {"id": f"fb-{seq}", "object": "feedback", "response_id": req.id, "status": "stored"}
+
+    return app
+
+
+def _default_clean() -> Any:
+    from tunesmith.config import CleanConfig
+
+    return CleanConfig()

@@ -1,0 +1,231 @@
+"""One base model in memory, the adapters of several runs on it, and a token-by-token decoder.
+
+peft keeps one active adapter per model, so a request sets its adapter and decodes under one lock:
+requests are served one at a time, and the concurrency limit in front (app.py) turns excess load into
+quick 429s instead of an unbounded queue. The decoder is a plain KV-cache loop, so streaming, stop
+strings, cancellation and the per-request deadline are all checked between two tokens.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import CleanConfig
+
+SERVABLE = frozenset({"lora", "dora", "ia3", "full"})
+
+
+class ServeError(Exception):
+    """Runs that cannot be served together (or at all), with the reason."""
+
+
+class GenerationTimeout(Exception):
+    pass
+
+
+class Cancelled(Exception):
+    pass
+
+
+@dataclass
+class Served:
+    """A model name clients can request: a run (by id, or by an alias pointing at it)."""
+
+    run_id: str
+    run_dir: Path
+    adapter: str | None  # peft adapter name; None: the model itself (a full fine-tune)
+    tokenizer: Any
+    stop_ids: list[int]
+    system_prompt: str | None
+    clean: CleanConfig
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+class Engine:
+    def __init__(
+        self, run_dirs: Sequence[Path], aliases: dict[str, str] | None = None, device: str | None = None
+    ):
+        import torch
+
+        from tunesmith.models import load_model, load_tokenizer
+        from tunesmith.registry import read_manifest
+        from tunesmith.runner import load_run_config
+        from tunesmith.train.methods import output_dir_name
+
+        if not run_dirs:
+            raise ServeError("nothing to serve: name runs or an alias")
+        runs = []
+        for d in run_dirs:
+            d = Path(d).resolve()
+            cfg, manifest = load_run_config(d), read_manifest(d)
+            if cfg.method.name not in SERVABLE:
+                raise ServeError(
+                    f"run {d.name}: method {cfg.method.name!r} is not served here (served: {', '.join(sorted(SERVABLE))}); "
+                    "export it with `tunesmith export RUN --format adapter` and serve it with peft or vLLM"
+                )
+            saved = d / output_dir_name(cfg.method)
+            if not saved.is_dir():
+                raise ServeError(f"run {d.name} has no trained weights ({saved}); train it first")
+            runs.append((d, cfg, manifest, saved))
+        bases = {m["model_path"] for _, _, m, _ in runs}
+        full = [d.name for d, c, _, _ in runs if c.method.name == "full"]
+        if full and len(runs) > 1:
+            raise ServeError(f"a full fine-tune ({full[0]}) has its own weights: serve it alone")
+        if len(bases) > 1:
+            raise ServeError(
+                f"adapters share one base model in memory; these runs have several: {sorted(bases)}"
+            )
+        peft_types = {c.method.name == "ia3" for _, c, _, _ in runs}
+        if len(peft_types) > 1:
+            raise ServeError(
+                "LoRA and IA3 adapters cannot be active on one peft model; serve them separately"
+            )
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.lock = threading.Lock()
+        self.served: dict[str, Served] = {}
+        if full:
+            d, cfg, manifest, saved = runs[0]
+            full_model: Any = load_model(str(saved))
+            self.model: Any = full_model.to(self.device)
+            names: list[str | None] = [None]
+        else:
+            from peft import PeftModel
+
+            base = load_model(next(iter(bases)))
+            adapter_names = [f"run{i}" for i in range(len(runs))]
+            model = PeftModel.from_pretrained(base, str(runs[0][3]), adapter_name=adapter_names[0])
+            for name, (_, _, _, saved) in zip(adapter_names[1:], runs[1:], strict=True):
+                model.load_adapter(str(saved), adapter_name=name)
+            names = [*adapter_names]
+            self.model = model.to(self.device)
+        self.model.eval()
+        self.base_path = next(iter(bases))
+        self.context = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        from tunesmith.data.tokenize import stop_token_ids
+
+        for adapter, (d, cfg, manifest, saved) in zip(names, runs, strict=True):
+            tok = load_tokenizer(str(saved))  # the tokenizer and chat template training used
+            self.served[manifest["id"]] = Served(
+                run_id=manifest["id"],
+                run_dir=d,
+                adapter=adapter,
+                tokenizer=tok,
+                stop_ids=stop_token_ids(tok, getattr(self.model, "generation_config", None)),
+                system_prompt=cfg.data.system_prompt,
+                clean=cfg.data.clean,
+            )
+        for alias, run_id in (aliases or {}).items():
+            if run_id not in self.served:
+                raise ServeError(f"alias {alias!r} points at {run_id}, which is not among the served runs")
+            self.served[run_id].aliases.append(alias)
+        self.names = {**{a: r for a, r in (aliases or {}).items()}, **{r: r for r in self.served}}
+        self.created = int(time.time())
+
+    def lookup(self, name: str) -> Served | None:
+        run_id = self.names.get(name)
+        return self.served[run_id] if run_id else None
+
+    def decode(
+        self,
+        served: Served,
+        prompt_ids: list[int],
+        sampling: Sampling,
+        deadline: float,
+        cancel: threading.Event,
+    ) -> Iterator[int]:
+        """Yield generated token ids until a stop token, max_tokens, the deadline or a cancel. Call with
+        self.lock held: the active adapter is model-wide state."""
+        import torch
+
+        if served.adapter is not None:
+            self.model.set_adapter(served.adapter)
+        gen = None
+        if sampling.temperature > 0:
+            gen = torch.Generator(device="cpu")
+            gen.manual_seed(sampling.seed if sampling.seed is not None else int(time.time_ns() % (1 << 62)))
+        stops = set(served.stop_ids)
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([prompt_ids], device=self.device), use_cache=True)
+            for _ in range(sampling.max_tokens):
+                if cancel.is_set():
+                    raise Cancelled()
+                if time.monotonic() > deadline:
+                    raise GenerationTimeout()
+                nxt = _pick(out.logits[0, -1].float().cpu(), sampling, gen)
+                if nxt in stops:
+                    return
+                yield nxt
+                out = self.model(
+                    input_ids=torch.tensor([[nxt]], device=self.device),
+                    past_key_values=out.past_key_values,
+                    use_cache=True,
+                )
+
+
+def _pick(logits: Any, s: Sampling, gen: Any) -> int:
+    import torch
+
+    if s.temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / s.temperature, dim=-1)
+    if s.top_p < 1.0:
+        sorted_p, idx = probs.sort(descending=True)
+        keep = sorted_p.cumsum(0) - sorted_p < s.top_p  # the smallest set whose mass reaches top_p
+        probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+class TextStream:
+    """Token ids in, text out, safe to send: holds back an incomplete UTF-8 character and any tail that
+    may be the start of a stop string; ends the text at the first stop string."""
+
+    def __init__(self, tok: Any, stops: Sequence[str]):
+        self.tok = tok
+        self.stops = [s for s in stops if s]
+        self.ids: list[int] = []
+        self.sent = 0
+        self.stopped = False
+        self.text = ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        for s in self.stops:
+            i = text.find(s, max(0, self.sent - len(s)))
+            if i >= 0:
+                self.stopped = True
+                self.text = text[:i]
+                out = text[self.sent : i] if i > self.sent else ""
+                self.sent = max(self.sent, i)
+                return out
+        self.text = text
+        end = len(text)
+        if text.endswith("\ufffd"):
+            end -= 1
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:k]):
+                    end = min(end, len(text) - k)
+                    break
+        out = text[self.sent : end] if end > self.sent else ""
+        self.sent = max(self.sent, end)
+        return out
+
+    def flush(self) -> str:
+        out = self.text[self.sent :] if not self.stopped else ""
+        self.sent = len(self.text)
+        return out
