@@ -115,3 +115,8 @@ class ServerProcess:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def run_dirs(runs_root: Path) -> list[Path]:
+    """The run directories under a runs_dir (which also holds the registry's SQLite file)."""
+    return sorted(p for p in runs_root.iterdir() if p.is_dir())

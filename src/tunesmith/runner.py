@@ -108,8 +108,13 @@ def prepare_run(cfg: RunConfig, console: Console) -> Path:
 
 def _load_base(cfg: RunConfig, model_path: str, class_labels: list[str] | None = None) -> Any:
     if cfg.train.objective == "classify":
+        import torch
+
         tok = load_tokenizer(model_path)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        # The new head's initial weights come from the run's seed: training starts from them, and a full
+        # fine-tune's base pass (and `tunesmith eval` later) scores exactly that untrained head.
+        torch.manual_seed(cfg.train.seed)
         return load_classifier(model_path, class_labels or [], int(pad))
     return load_model(model_path, load_in_4bit=cfg.method.name == "qlora")
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import run_dirs
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -31,7 +33,7 @@ def test_two_processes_match_one_process(toy_config: Path) -> None:
     cli = [sys.executable, "-m", "tunesmith.cli"]
     prep = subprocess.run([*cli, "data", "prepare", str(toy_config)], capture_output=True, text=True, env=env)
     assert prep.returncode == 0, prep.stderr
-    (one,) = list((toy_config.parent / "runs").iterdir())
+    (one,) = run_dirs(toy_config.parent / "runs")
     two = one.with_name(one.name + "-ddp")
     shutil.copytree(one, two)
 

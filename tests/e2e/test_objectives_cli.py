@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from helpers import make_label_rows, random_words, write_jsonl
+from helpers import make_label_rows, random_words, run_dirs, write_jsonl
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -47,13 +47,13 @@ def test_classify_run_reports_accuracy_with_label_probabilities(tmp_path: Path, 
         tmp_path,
         tiny_model_dir,
         {"train": "tickets.csv"},
-        {"objective": "classify", "max_steps": 80, "lr": 5e-3, "batch_size": 8},
+        {"objective": "classify", "max_steps": 120, "lr": 5e-3, "batch_size": 8},
         ["accuracy"],
         method="full",  # the random 2-layer test model must learn to attend to the keyword: LoRA is too slow
     )
     proc = _cli("run", str(cfg))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = list((tmp_path / "runs").iterdir())
+    (run,) = run_dirs(tmp_path / "runs")
     ev = json.loads((run / "eval" / "eval.json").read_text())
     acc = next(r for r in ev["metrics"] if r["metric"] == "accuracy")
     # The keyword decides the label: a trained head learns it; an untrained one is at chance (1/4).
@@ -86,7 +86,7 @@ def test_pretrain_run_lowers_held_out_loss(tmp_path: Path, tiny_model_dir: Path)
     )
     proc = _cli("run", str(cfg))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = list((tmp_path / "runs").iterdir())
+    (run,) = run_dirs(tmp_path / "runs")
     ev = json.loads((run / "eval" / "eval.json").read_text())
     loss = next(r for r in ev["metrics"] if r["metric"] == "held_out_loss")
     assert loss["tuned"] < loss["base"] and loss["delta_ci"][1] < 0

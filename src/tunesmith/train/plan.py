@@ -344,11 +344,15 @@ class DataStats:
     def from_prepared(cls, data: PreparedData) -> DataStats:
         from tunesmith.data.tokenize import IGNORE
 
+        def loss_tokens(e: Any) -> int:
+            if hasattr(e, "chosen"):  # a DPO pair: both answers are scored
+                return loss_tokens(e.chosen) + loss_tokens(e.rejected)
+            if hasattr(e, "label_id"):  # classification: one prediction per example
+                return 1
+            return sum(1 for lab in e.labels[1:] if lab != IGNORE)
+
         enc = data.train.encoded
-        return cls(
-            tuple(len(e.input_ids) for e in enc),
-            tuple(sum(1 for lab in e.labels[1:] if lab != IGNORE) for e in enc),
-        )
+        return cls(tuple(len(e.input_ids) for e in enc), tuple(loss_tokens(e) for e in enc))
 
 
 def epoch_tokens(stats: DataStats, batch_size: int, seed: int, group_by_length: bool) -> tuple[int, int]:
