@@ -98,3 +98,8 @@ class ServerProcess:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def run_dirs(runs: Path) -> list[Path]:
+    """The run directories in a runs folder (it also holds the registry index, registry.sqlite)."""
+    return sorted(p for p in runs.iterdir() if (p / "manifest.json").is_file())

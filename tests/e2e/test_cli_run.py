@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import make_label_rows, write_jsonl
+from helpers import make_label_rows, run_dirs, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,7 @@ def test_run_writes_every_artifact_and_exits_1_on_missed_target(toy_config: Path
     proc = tunesmith("run", str(toy_config))
     assert proc.returncode == 1, proc.stderr
     assert "targets missed: accuracy" in proc.stderr
-    runs = list((toy_config.parent / "runs").iterdir())
+    runs = run_dirs(toy_config.parent / "runs")
     assert len(runs) == 1
     run = runs[0]
     for rel in (
@@ -110,7 +110,7 @@ def test_real_smollm2_few_steps_end_to_end(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg))
     proc = tunesmith("run", str(path))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = list((tmp_path / "runs").iterdir())
+    (run,) = run_dirs(tmp_path / "runs")
     losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and all(0 < x < 10 for x in losses)
     ev = json.loads((run / "eval" / "eval.json").read_text())
@@ -132,7 +132,7 @@ def test_full_and_prompt_tuning_runs_compare_against_the_same_base(toy_config: P
     proc = tunesmith("run", str(full))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "full: 1,591,456 trainable of 1,591,456 parameters (100%)" in proc.stderr
-    (full_run,) = list(runs.iterdir())
+    (full_run,) = run_dirs(runs)
     for rel in ("model/model.safetensors", "model/config.json", "model/tokenizer.json", "eval/eval.json"):
         assert (full_run / rel).is_file(), rel
     assert not (full_run / "adapter").exists()
@@ -143,7 +143,7 @@ def test_full_and_prompt_tuning_runs_compare_against_the_same_base(toy_config: P
     proc = tunesmith("run", str(prompt))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "prompt: 128 trainable of 1,591,584 parameters" in proc.stderr
-    (prompt_run,) = [r for r in runs.iterdir() if r != full_run]
+    (prompt_run,) = [r for r in run_dirs(runs) if r != full_run]
     assert (prompt_run / "adapter" / "adapter_model.safetensors").is_file()
 
     # The base pass of a full fine-tune reloads the original weights; a peft run disables its adapter:
