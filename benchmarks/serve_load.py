@@ -6,8 +6,8 @@
 `tiny` builds the 2-layer Llama of the tests (real SmolLM2 tokenizer) and trains a 2-step LoRA run on the
 toy task under benchmarks/.work/ first. The server runs in a subprocess with `--max-concurrency LIMIT`;
 for each client count C, C threads each send chat requests back to back (`max_tokens` fixed, greedy) until
-`--requests` have been answered in total; a 429 is retried after 100 ms, as a well-behaved client would
-(attempts are capped at 10x the requests). Latency is measured per request by the client (non-streaming, so
+`--requests` have been answered in total; a 429 is retried after 250 ms, as a well-behaved client would
+(attempts are capped at 20x the requests). Latency is measured per request by the client (non-streaming, so
 request to last byte). Only two outcomes are designed: 200, and 429 when more than LIMIT requests are in
 flight; anything else is counted as an error and makes the script exit 1. Bounded: every request has a
 client timeout, and the run stops after the last client count. The machine's load average is recorded
@@ -103,7 +103,7 @@ def load_level(
         with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=300) as c:
             while True:
                 with lock:
-                    if answered >= total or attempts >= 10 * total:
+                    if answered >= total or attempts >= 20 * total:
                         return
                     i = attempts
                     attempts += 1
@@ -126,7 +126,7 @@ def load_level(
                     results.append((status, time.perf_counter() - t, tokens))
                     answered += status == 200
                 if status == 429:
-                    time.sleep(0.1)
+                    time.sleep(0.25)
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     t0 = time.perf_counter()

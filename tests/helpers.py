@@ -117,6 +117,6 @@ class ServerProcess:
         self.stop()
 
 
-def run_dirs(runs_root: Path) -> list[Path]:
-    """The run directories under a runs_dir (which also holds the registry's SQLite file)."""
-    return sorted(p for p in runs_root.iterdir() if p.is_dir())
+def run_dirs(runs: Path) -> list[Path]:
+    """The run directories in a runs folder (it also holds the registry index, registry.sqlite)."""
+    return sorted(p for p in runs.iterdir() if (p / "manifest.json").is_file())

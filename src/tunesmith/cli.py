@@ -356,6 +356,13 @@ RunsDirOpt = Annotated[
 RUNS_DIR_DEFAULT = Path("runs")
 
 
+def _stdout_console() -> Console:
+    """Tables on stdout; when piped (no terminal width), wide enough that run ids are not cut."""
+    import sys
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def _registry_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     from tunesmith.registry import RegistryError
 
@@ -420,7 +427,7 @@ def runs_ls(
             r.parent_run or "",
             ", ".join(by_run.get(r.id, [])),
         )
-    Console().print(t)
+    _stdout_console().print(t)
 
 
 @runs_app.command("show")
@@ -449,7 +456,7 @@ def runs_compare(
     from tunesmith.registry import compare_runs, get_run
 
     diff = compare_runs(_registry_call(get_run, runs_dir, a), _registry_call(get_run, runs_dir, b))
-    out = Console()
+    out = _stdout_console()
     for title, rows in (
         ("facts", diff["facts"]),
         ("config (differences)", diff["config"]),

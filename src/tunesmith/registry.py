@@ -215,12 +215,12 @@ def connect(runs_dir: str | Path) -> Iterator[sqlite3.Connection]:
     db = sqlite3.connect(db_path(runs_dir), timeout=30, isolation_level=None)
     try:
         db.row_factory = sqlite3.Row
-        db.executescript(_SCHEMA)
-        if fresh:
-            # A registry file that did not exist: index whatever run directories are already there.
-            _fill(db, Path(runs_dir))
+        db.executescript(_SCHEMA)  # commits by itself, so before the transaction
         db.execute("BEGIN IMMEDIATE")
         try:
+            if fresh:
+                # A registry file that did not exist: index whatever run directories are already there.
+                _fill(db, Path(runs_dir))
             yield db
             db.execute("COMMIT")
         except BaseException:

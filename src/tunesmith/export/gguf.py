@@ -28,6 +28,43 @@ def _permute(w: np.ndarray, n_head: int, n_head_kv: int | None = None) -> np.nda
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+# llama.cpp picks its pre-tokenizer (how text is split before BPE: digits one by one or in groups, ...)
+# by name; its converter names it from a hash of the tokenization of a fixed text. The text and the hashes
+# of the llama-architecture BPE tokenizers, from llama.cpp's conversion/base.py (get_vocab_base_pre).
+# Re-check them when llama.cpp adds a pre-tokenizer.
+_CHKTXT = (
+    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n\U0001f680 (normal) "
+    "\U0001f636\u200d\U0001f32b\ufe0f (multiple emojis concatenated) \u2705 "
+    "\U0001f999\U0001f999 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 "
+    "\u1780\u17b6\u1793\u17cb\u178f\u17c2\u1796\u17b7\u179f\u17c1\u179f\u17a2\u17b6\u1785\U0001f601 "
+    "?\u6211\u60f3\u5728apple\u5de5\u4f5c1314151\u5929\uff5e ------======= "
+    "\u043d\u0435\u0449\u043e \u043d\u0430 "
+    "\u0411\u044a\u043b\u0433\u0430\u0440\u0441\u043a\u0438 "
+    "''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? "
+    "'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
+)
+_PRE_TOKENIZERS = {
+    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",
+    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
+    "9d032fcbd5501f4a38150912590928bfb36091efb5df11b8e2124b0390e3fb1e": "falcon3",
+    "049ecf7629871e3041641907f3de7c733e4dbfdc736f57d882ba0b0845599754": "deepseek-llm",
+}
+
+
+def pre_tokenizer(tok: Any) -> str:
+    import hashlib
+
+    ids = tok.encode(_CHKTXT)
+    digest = hashlib.sha256(str(ids).encode()).hexdigest()
+    if digest not in _PRE_TOKENIZERS:
+        raise GGUFExportError(
+            f"llama.cpp has no pre-tokenizer known to tunesmith for this tokenizer (hash {digest[:16]}); "
+            "export --format merged and convert it with llama.cpp's convert_hf_to_gguf.py"
+        )
+    return _PRE_TOKENIZERS[digest]
+
+
 def _tokenizer_metadata(writer: Any, tok: Any, tokenizer_dir: Path) -> None:
     import gguf
 
@@ -49,7 +86,7 @@ def _tokenizer_metadata(writer: Any, tok: Any, tokenizer_dir: Path) -> None:
         else:
             types.append(gguf.TokenType.NORMAL)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(pre_tokenizer(tok))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special = gguf.SpecialVocab(tokenizer_dir, load_merges=True, n_vocab=n)

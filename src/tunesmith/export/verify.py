@@ -29,7 +29,7 @@ class Tolerance:
 # significant bits; q8_0: 8-bit blocks of 32 with an f16 scale), so logits move; the top-1 choice
 # rarely does. Measured margins are in README ("Export").
 TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(1e-4, 1.0, 1.0),
+    "fp32": Tolerance(1e-4, 0.999, 0.85),
     "f16": Tolerance(1e-2, 0.98, 0.75),
     "q8_0": Tolerance(5e-2, 0.95, 0.5),
 }
