@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,3 +55,24 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def sqlite_write(path: str | Path, setup: str | None = None) -> Iterator[sqlite3.Connection]:
+    """One SQLite write transaction: `setup` (a schema script, which commits by itself) first, then BEGIN
+    IMMEDIATE (writers queue on the file lock instead of failing halfway); committed on success, rolled
+    back on any exception."""
+    db = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        db.row_factory = sqlite3.Row
+        if setup:
+            db.executescript(setup)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    finally:
+        db.close()

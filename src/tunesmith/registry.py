@@ -25,7 +25,7 @@ import yaml
 
 from tunesmith import __version__
 from tunesmith.config import RunConfig
-from tunesmith.io import atomic_write_json, atomic_write_text
+from tunesmith.io import atomic_write_json, atomic_write_text, sqlite_write
 
 
 def new_run_dir(cfg: RunConfig) -> Path:
@@ -212,22 +212,11 @@ def connect(runs_dir: str | Path) -> Iterator[sqlite3.Connection]:
     committed on success, rolled back on any exception."""
     Path(runs_dir).mkdir(parents=True, exist_ok=True)
     fresh = not db_path(runs_dir).is_file()
-    db = sqlite3.connect(db_path(runs_dir), timeout=30, isolation_level=None)
-    try:
-        db.row_factory = sqlite3.Row
-        db.executescript(_SCHEMA)  # commits by itself, so before the transaction
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if fresh:
-                # A registry file that did not exist: index whatever run directories are already there.
-                _fill(db, Path(runs_dir))
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-    finally:
-        db.close()
+    with sqlite_write(db_path(runs_dir), setup=_SCHEMA) as db:
+        if fresh:
+            # A registry file that did not exist: index whatever run directories are already there.
+            _fill(db, Path(runs_dir))
+        yield db
 
 
 def _stage(manifest: dict[str, Any]) -> str:

@@ -11,15 +11,14 @@ import hashlib
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tunesmith.config import CleanConfig
-from tunesmith.io import atomic_write_json, atomic_write_text
+from tunesmith.io import atomic_write_json, atomic_write_text, sqlite_write
 
 DB_NAME = "feedback.sqlite"
 _SCHEMA = """
@@ -65,20 +64,8 @@ class FeedbackStore:
         finally:
             db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.row_factory = sqlite3.Row
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        finally:
-            db.close()
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return sqlite_write(self.path)
 
     def record_response(
         self, rid: str, endpoint: str, model: str, run_id: str, request: dict[str, Any], choices: list[str]
