@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from helpers import make_label_rows, write_jsonl
+from helpers import make_label_rows, toy_task_config, write_jsonl
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -75,17 +75,10 @@ def toy_config(tmp_path: Path, tiny_model_dir: Path) -> Path:
     import yaml
 
     write_jsonl(tmp_path / "data.jsonl", make_label_rows(80))
-    cfg = {
-        "name": "toy",
-        "model": str(tiny_model_dir),
-        "runs_dir": str(tmp_path / "runs"),
-        "data": {
-            "train": "data.jsonl",
-            "system_prompt": "Route the ticket.",
-            "split": {"val": 0.1, "test": 0.2},
-        },
-        "method": {"name": "lora", "r": 8, "alpha": 16},
-        "train": {
+    cfg = toy_task_config(
+        tmp_path,
+        tiny_model_dir,
+        train={
             "lr": 5e-3,
             "max_steps": 6,
             "batch_size": 4,
@@ -93,12 +86,12 @@ def toy_config(tmp_path: Path, tiny_model_dir: Path) -> Path:
             "max_length": 128,
             "eval_every": 3,
         },
-        "eval": {
+        eval={
             "metrics": ["accuracy", "exact_match", "token_f1", "rouge_l"],
             "max_new_tokens": 4,
             "batch_size": 8,
         },
-    }
+    )
     path = tmp_path / "tunesmith.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
@@ -108,19 +101,12 @@ def toy_run_config(root: Path, model_dir: Path, **train: Any) -> dict[str, Any]:
     """The toy task on the tiny model, as a config dict (runs land in root/runs)."""
     if not (root / "data.jsonl").is_file():
         write_jsonl(root / "data.jsonl", make_label_rows(80))
-    return {
-        "name": "toy",
-        "model": str(model_dir),
-        "runs_dir": str(root / "runs"),
-        "data": {
-            "train": "data.jsonl",
-            "system_prompt": "Route the ticket.",
-            "split": {"val": 0.1, "test": 0.2},
-        },
-        "method": {"name": "lora", "r": 8, "alpha": 16},
-        "train": {"lr": 5e-3, "max_steps": 4, "batch_size": 4, "max_length": 128, "eval_every": 4, **train},
-        "eval": {"metrics": ["accuracy"], "max_new_tokens": 4, "batch_size": 8, "limit": 8},
-    }
+    return toy_task_config(
+        root,
+        model_dir,
+        train={"lr": 5e-3, "max_steps": 4, "batch_size": 4, "max_length": 128, "eval_every": 4, **train},
+        eval={"metrics": ["accuracy"], "max_new_tokens": 4, "batch_size": 8, "limit": 8},
+    )
 
 
 @pytest.fixture(scope="session")

@@ -120,3 +120,22 @@ class ServerProcess:
 def run_dirs(runs: Path) -> list[Path]:
     """The run directories in a runs folder (it also holds the registry index, registry.sqlite)."""
     return sorted(p for p in runs.iterdir() if (p / "manifest.json").is_file())
+
+
+def toy_task_config(
+    root: Path, model_dir: Path, train: dict[str, Any], eval: dict[str, Any]
+) -> dict[str, Any]:
+    """The toy routing task (root/data.jsonl) on a model, LoRA r8; runs land in root/runs."""
+    return {
+        "name": "toy",
+        "model": str(model_dir),
+        "runs_dir": str(root / "runs"),
+        "data": {
+            "train": "data.jsonl",
+            "system_prompt": "Route the ticket.",
+            "split": {"val": 0.1, "test": 0.2},
+        },
+        "method": {"name": "lora", "r": 8, "alpha": 16},
+        "train": train,
+        "eval": eval,
+    }

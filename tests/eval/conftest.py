@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_label_rows, write_jsonl
+from helpers import make_label_rows, toy_task_config, write_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -25,18 +25,11 @@ def evaluated_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
         if i % 3 == 0:
             r["facts"] = [r["output"]]  # type: ignore[assignment]
     write_jsonl(root / "data.jsonl", rows)
-    cfg = {
-        "name": "toy",
-        "model": str(tiny_model_dir),
-        "runs_dir": str(root / "runs"),
-        "data": {
-            "train": "data.jsonl",
-            "system_prompt": "Route the ticket.",
-            "split": {"val": 0.1, "test": 0.2},
-        },
-        "method": {"name": "lora", "r": 8, "alpha": 16},
-        "train": {"lr": 5e-3, "max_steps": 4, "batch_size": 4, "max_length": 128, "eval_every": 2},
-        "eval": {
+    cfg = toy_task_config(
+        root,
+        tiny_model_dir,
+        train={"lr": 5e-3, "max_steps": 4, "batch_size": 4, "max_length": 128, "eval_every": 2},
+        eval={
             "metrics": [
                 "accuracy",
                 "classification",
@@ -52,8 +45,8 @@ def evaluated_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
             "batch_size": 8,
             "latency_probe": 2,
         },
-        "targets": {"accuracy": ">= 0.99"},  # a random tiny model misses it: exit code 1, a FAIL verdict
-    }
+    )
+    cfg["targets"] = {"accuracy": ">= 0.99"}  # a random tiny model misses it: exit code 1, a FAIL verdict
     path = root / "tunesmith.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     outcome = run_all(load_config(path), Console(stderr=True, quiet=True))
