@@ -1,0 +1,521 @@
+"""Training throughput against the peer, in one run: plain TRL `SFTTrainer` vs tunesmith, same everything else.
+
+Both arms train the same model with the same LoRA settings on the same tokenized examples (the support-tickets
+example's train split, tokenized once by tunesmith, loss on the assistant turns in both: TRL gets `input_ids`
+and `completion_mask`), with the same learning rate, schedule (linear warm-up, cosine to 10%), batch size,
+seed and number of optimizer steps. What differs is only what each does by default to go fast or slow:
+
+  trl            `SFTTrainer` + `SFTConfig` defaults for everything else (the peer a user would pick:
+                 gradient checkpointing on, bf16 on, batches padded to their longest example, full-sequence
+                 fused LM head with entropy and token-accuracy metrics).
+  trl-tuned      the same with `gradient_checkpointing=False` and `bf16` only where the hardware has it: what
+                 a user who tuned TRL for this machine would run. Reported for honesty, not for the ratio.
+  tunesmith      `tunesmith.train.loop.train`, as `tunesmith train` runs it (its defaults: length-grouped
+                 batches, the output head only on positions under the loss, precision and checkpointing
+                 chosen by the plan for this machine).
+
+Each arm runs in a fresh process (so its peak RSS / CUDA peak is its own), arms alternate, `--repeats` times;
+the report takes each arm's median. Figures:
+  real tokens/s   non-padding input tokens of the optimizer steps / seconds of the training loop (TRL:
+                  `trainer.train()`, tunesmith: `train()` including wrapping and saving the adapter)
+  peak memory     ru_maxrss of the arm's process (CPU), torch.cuda.max_memory_allocated (GPU)
+  MFU             model FLOPs per real token / measured peak FLOP/s of this machine (a large fp32 matmul on
+                  CPU, bf16 on GPU, timed in this run). FLOPs per token: 6N for full fine-tuning; for LoRA
+                  4N + 6N_lora (forward and input-gradients through every weight, weight-gradients only for
+                  the adapters), N counting the output head once and no embedding lookup.
+  final loss      both final models scored by the same function (`tunesmith.train.loop.evaluate_loss`) on
+                  the same held-out split, plus each arm's mean train loss over its last 10 steps.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/train_throughput.py [--steps 40] [--repeats 3]
+    # GPU, a random model of a real shape at 2048 tokens (weights do not change speed):
+    PYTHONPATH=src python benchmarks/train_throughput.py --device cuda --shape llama-3.2-1b --seq-len 2048
+
+Writes benchmarks/results/train_throughput-<device>[-<shape>].json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "examples" / "support-tickets" / "tunesmith.yaml"
+RESULTS = ROOT / "benchmarks" / "results"
+ARMS = ("trl", "trl-tuned", "tunesmith")
+
+# Real model shapes for the GPU run (weights random: speed and memory do not depend on their values).
+SHAPES: dict[str, dict[str, Any]] = {
+    "llama-3.2-1b": {
+        "model_type": "llama",
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "vocab_size": 128256,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": True,
+        "hidden_act": "silu",
+    },
+    "qwen2.5-0.5b": {
+        "model_type": "qwen2",
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": True,
+        "hidden_act": "silu",
+    },
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared set-up: config, data, model
+
+
+def load_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, str | None]:
+    """(config, tokenizer, prepared data, model path or None for a random model of `--shape`)."""
+    from rich.console import Console
+
+    from tunesmith.config import load_config
+    from tunesmith.runner import check_data
+
+    overrides = [f"train.max_steps={args.steps}", "train.eval_every=1000000", *args.override]
+    if args.shape:
+        overrides.append(f"train.max_length={args.seq_len}")
+    cfg = load_config(CONFIG, overrides)
+    quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
+    model_path, tok, data = check_data(cfg, quiet)
+    if args.shape:
+        data = synthetic_long_data(data, tok, args.seq_len, args.steps * cfg.train.batch_size, cfg.train.seed)
+        return cfg, tok, data, None
+    return cfg, tok, data, model_path
+
+
+def synthetic_long_data(data: Any, tok: Any, seq_len: int, n: int, seed: int) -> Any:
+    """GPU shapes: the example's conversations chained into examples of seq_len/4..seq_len tokens, the
+    loss on their assistant turns; a realistic spread of lengths at a realistic sequence length."""
+    import random
+
+    from tunesmith.data.pipeline import PreparedData, Split
+    from tunesmith.data.tokenize import Encoded
+
+    rng = random.Random(seed)
+    pool = data.train.encoded
+    out: list[Any] = []
+    while len(out) < n:
+        target = rng.randint(seq_len // 4, seq_len)
+        ids: list[int] = []
+        labels: list[int] = []
+        while len(ids) < target:
+            e = rng.choice(pool)
+            ids += e.input_ids
+            labels += e.labels
+        out.append(Encoded(ids[:target], labels[:target]))
+    val = out[: max(8, n // 20)]
+    return PreparedData(Split([], out), Split([], val), Split([], []), data.preflight)
+
+
+def build_model(args: argparse.Namespace, model_path: str | None, vocab: int) -> Any:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if model_path is not None:
+        from tunesmith.models import load_model
+
+        model = load_model(model_path)
+    else:
+        shape = dict(SHAPES[args.shape])
+        config = AutoConfig.for_model(**shape)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        assert config.vocab_size >= vocab
+    return model.to(args.device)
+
+
+def peak_flops(device: str, seconds: float = 3.0) -> float:
+    """Measured peak matmul FLOP/s of this machine: fp32 on CPU (what training runs at there), bf16 on GPU."""
+    import torch
+
+    n = 2048 if device == "cpu" else 8192
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        if device != "cpu":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        reps = 4 if device == "cpu" else 50
+        for _ in range(reps):
+            a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = max(best, reps * 2 * n**3 / (time.perf_counter() - t))
+    return best
+
+
+def flops_per_token(model: Any, method: str) -> float:
+    """6N (full) or 4N + 6N_lora (LoRA); N: every weight a token is multiplied by (output head once,
+    input embeddings not: a lookup)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    emb = base.get_input_embeddings().weight
+    head = base.get_output_embeddings().weight
+    seen: set[int] = set()
+    n = 0
+    lora = 0
+    for name, p in base.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if "lora_" in name:
+            lora += p.numel()
+        elif p is not emb or p is head:
+            n += p.numel()
+    if head is not emb and id(head) not in seen:
+        n += head.numel()
+    return 6.0 * (n + lora) if method == "full" else 4.0 * n + 6.0 * lora
+
+
+def peak_memory(device: str) -> int:
+    if device == "cpu":
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    import torch
+
+    return int(torch.cuda.max_memory_allocated())
+
+
+def heldout_loss(model: Any, data: Any, tok: Any, device: str) -> float:
+    from tunesmith.train.loop import evaluate_loss
+
+    pad = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    model = model.float() if device == "cpu" else model
+    return evaluate_loss(model, data.val.encoded, 8, pad)
+
+
+# --------------------------------------------------------------------------------------------------
+# The arms
+
+
+def run_tunesmith(args: argparse.Namespace) -> dict[str, Any]:
+    from rich.console import Console
+
+    from tunesmith.malloc import limit_heap_fragmentation
+
+    limit_heap_fragmentation()  # as the CLI does
+    import tunesmith.train.loop as loop
+    from tunesmith.data.pipeline import PreparedData, Split
+
+    cfg, tok, data, model_path = load_setup(args)
+    model = build_model(args, model_path, len(tok))
+    quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115
+    no_val = PreparedData(data.train, Split([], []), data.test, data.preflight)  # eval is scored afterwards
+    with tempfile.TemporaryDirectory() as tmp:
+        sync(args.device)
+        t0 = time.perf_counter()
+        trained, result = loop.train(cfg, no_val, model, tok, Path(tmp), quiet)
+        sync(args.device)
+        seconds = time.perf_counter() - t0
+        losses = [json.loads(x)["loss"] for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+    mem = peak_memory(args.device)
+    return {
+        "seconds": seconds,
+        "real_tokens": result.tokens,
+        "peak_memory": mem,
+        "train_losses": losses,
+        "heldout_loss": heldout_loss(trained, data, tok, args.device),
+        "flops_per_token": flops_per_token(trained, cfg.method.name),
+        "settings": {
+            "precision": "auto",
+            "gradient_checkpointing": cfg.train.gradient_checkpointing,
+            "group_by_length": cfg.train.group_by_length,
+            "packing": cfg.train.packing,
+        },
+    }
+
+
+class _CountTokens:
+    """Wraps TRL's collator and counts the non-padding tokens of every batch it builds."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.tokens = 0
+
+    def __call__(self, examples: list[Any]) -> Any:
+        batch = self.inner(examples)
+        mask = batch.get("attention_mask")
+        self.tokens += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+        return batch
+
+
+def run_trl(args: argparse.Namespace, tuned: bool) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from tunesmith.data.tokenize import IGNORE
+    from tunesmith.train.precision import resolve_precision
+
+    cfg, tok, data, model_path = load_setup(args)
+    tc, mc = cfg.train, cfg.method
+    model = build_model(args, model_path, len(tok))
+    rows = [
+        {"input_ids": e.input_ids, "completion_mask": [int(lab != IGNORE) for lab in e.labels]}
+        for e in data.train.encoded
+    ]
+    extra: dict[str, Any] = {}
+    if tuned:
+        extra["gradient_checkpointing"] = False
+        extra["bf16"] = resolve_precision("auto", args.device) == "bf16"
+    losses: list[float] = []
+
+    class Losses(TrainerCallback):  # type: ignore[misc]
+        def on_log(self, _args: Any, _state: Any, _control: Any, logs: Any = None, **kw: Any) -> None:
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sft_args = SFTConfig(
+            output_dir=tmp,
+            max_steps=tc.max_steps,
+            per_device_train_batch_size=tc.batch_size,
+            gradient_accumulation_steps=tc.grad_accum,
+            learning_rate=tc.lr,
+            lr_scheduler_type="cosine_with_min_lr",
+            lr_scheduler_kwargs={"min_lr_rate": tc.min_lr_ratio},
+            warmup_steps=int(round(tc.warmup_ratio * tc.max_steps)),
+            weight_decay=tc.weight_decay,
+            max_grad_norm=tc.max_grad_norm,
+            seed=tc.seed,
+            max_length=tc.max_length,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            use_cpu=args.device == "cpu",
+            **extra,
+        )
+        peft_config = LoraConfig(
+            r=mc.r,
+            lora_alpha=mc.alpha,
+            lora_dropout=mc.dropout,
+            target_modules="all-linear" if mc.target_modules is None else mc.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=sft_args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tok,
+            peft_config=peft_config,
+            callbacks=[Losses()],
+        )
+        counter = _CountTokens(trainer.data_collator)
+        trainer.data_collator = counter
+        sync(args.device)
+        t0 = time.perf_counter()
+        trainer.train()
+        sync(args.device)
+        seconds = time.perf_counter() - t0
+        trained = trainer.model
+    mem = peak_memory(args.device)
+    if hasattr(trained, "gradient_checkpointing_disable"):
+        trained.gradient_checkpointing_disable()
+    return {
+        "seconds": seconds,
+        "real_tokens": counter.tokens,
+        "peak_memory": mem,
+        "train_losses": losses,
+        "heldout_loss": heldout_loss(trained, data, tok, args.device),
+        "flops_per_token": flops_per_token(trained, mc.name),
+        "settings": {
+            "gradient_checkpointing": sft_args.gradient_checkpointing,
+            "bf16": sft_args.bf16,
+            "packing": sft_args.packing,
+            "padding_free": sft_args.padding_free,
+            "torch": torch.__version__,
+        },
+    }
+
+
+def sync(device: str) -> None:
+    if device != "cpu":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def child(args: argparse.Namespace) -> dict[str, Any]:
+    if args.device == "cpu" and args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.child == "tunesmith":
+        r = run_tunesmith(args)
+    else:
+        r = run_trl(args, tuned=args.child == "trl-tuned")
+    r["arm"] = args.child
+    r["real_tokens_per_s"] = r["real_tokens"] / r["seconds"]
+    tail = r["train_losses"][-10:]
+    r["train_loss_last10"] = sum(tail) / max(len(tail), 1)
+    return r
+
+
+# --------------------------------------------------------------------------------------------------
+# The parent: alternate arms in fresh processes, take medians, compare
+
+
+def median_of(runs: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(r[key] for r in runs))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=40, help="Optimizer steps per arm (the example's 40).")
+    ap.add_argument("--repeats", type=int, default=3, help="Runs per arm (alternating); medians reported.")
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--shape", choices=sorted(SHAPES), help="A random model of this real shape (GPU runs).")
+    ap.add_argument("--seq-len", type=int, default=2048, help="With --shape: the longest example.")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads for every arm (default: torch's).")
+    ap.add_argument("--override", nargs="*", default=[], help="Config overrides for every arm.")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(child(args)))
+        return
+
+    import torch
+
+    runs: dict[str, list[dict[str, Any]]] = {a: [] for a in args.arms}
+    for rep in range(args.repeats):
+        order = args.arms if rep % 2 == 0 else list(reversed(args.arms))
+        for arm in order:
+            cmd = [sys.executable, __file__, "--child", arm, "--steps", str(args.steps), "--device", args.device]
+            if args.shape:
+                cmd += ["--shape", args.shape, "--seq-len", str(args.seq_len)]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            if args.override:
+                cmd += ["--override", *args.override]
+            env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                raise SystemExit(f"{arm}: failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+            r = json.loads(lines[-1][len("RESULT ") :])
+            runs[arm].append(r)
+            print(
+                f"[{rep + 1}/{args.repeats}] {arm:10s} {r['real_tokens_per_s']:9.1f} real tok/s  "
+                f"peak {r['peak_memory'] / 2**30:.2f} GiB  held-out loss {r['heldout_loss']:.4f}  "
+                f"({r['seconds']:.1f} s)",
+                flush=True,
+            )
+
+    peak = peak_flops(args.device)
+    summary: dict[str, dict[str, Any]] = {}
+    for arm, rs in runs.items():
+        tps = median_of(rs, "real_tokens_per_s")
+        summary[arm] = {
+            "real_tokens_per_s": round(tps, 1),
+            "real_tokens_per_s_runs": [round(r["real_tokens_per_s"], 1) for r in rs],
+            "peak_memory_bytes": int(median_of(rs, "peak_memory")),
+            "mfu": round(tps * rs[0]["flops_per_token"] / peak, 4),
+            "heldout_loss": round(median_of(rs, "heldout_loss"), 4),
+            "train_loss_last10": round(median_of(rs, "train_loss_last10"), 4),
+            "seconds": round(median_of(rs, "seconds"), 1),
+            "real_tokens": rs[0]["real_tokens"],
+            "settings": rs[0]["settings"],
+        }
+    comparisons: dict[str, Any] = {}
+    if "tunesmith" in summary:
+        ours = summary["tunesmith"]
+        for peer in ("trl", "trl-tuned"):
+            if peer in summary:
+                theirs = summary[peer]
+                comparisons[f"tunesmith_vs_{peer}"] = {
+                    "speedup": round(ours["real_tokens_per_s"] / theirs["real_tokens_per_s"], 3),
+                    "memory_ratio": round(ours["peak_memory_bytes"] / theirs["peak_memory_bytes"], 3),
+                    "heldout_loss_rel_diff": round(ours["heldout_loss"] / theirs["heldout_loss"] - 1, 4),
+                }
+
+    print()
+    print(f"{'arm':10s} {'real tok/s':>11s} {'peak GiB':>9s} {'MFU':>7s} {'held-out':>9s} {'train(last10)':>14s}")
+    for arm, s in summary.items():
+        print(
+            f"{arm:10s} {s['real_tokens_per_s']:11.1f} {s['peak_memory_bytes'] / 2**30:9.2f} "
+            f"{100 * s['mfu']:6.2f}% {s['heldout_loss']:9.4f} {s['train_loss_last10']:14.4f}"
+        )
+    for name, c in comparisons.items():
+        print(
+            f"{name}: {c['speedup']:.2f}x real tokens/s, memory {c['memory_ratio']:.2f}x, "
+            f"held-out loss {100 * c['heldout_loss_rel_diff']:+.2f}%"
+        )
+    import transformers
+    import trl
+
+    cpu_flags = ""
+    if Path("/proc/cpuinfo").is_file():
+        flags = Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split()
+        cpu_flags = " ".join(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16"))
+    out = RESULTS / f"train_throughput-{args.device}{'-' + args.shape if args.shape else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from tunesmith.io import atomic_write_text
+
+    atomic_write_text(
+        out,
+        json.dumps(
+            {
+                "what": "real (non-padding) tokens/s, peak memory, MFU and final loss: plain TRL SFTTrainer vs "
+                "tunesmith, same model, data, LoRA, schedule and steps; medians over alternating fresh processes",
+                "config": str(CONFIG.relative_to(ROOT)),
+                "steps": args.steps,
+                "repeats": args.repeats,
+                "shape": args.shape or "SmolLM2-135M-Instruct (pretrained)",
+                "seq_len": args.seq_len if args.shape else None,
+                "overrides": args.override,
+                "machine": {
+                    "device": args.device,
+                    "name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor(),
+                    "cores": os.cpu_count(),
+                    "cpu_flags": cpu_flags,
+                    "load_avg_at_end": os.getloadavg(),
+                    "measured_peak_flops": peak,
+                },
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
+                "arms": summary,
+                "comparisons": comparisons,
+                "runs": runs,
+            },
+            indent=2,
+        )
+        + "\n",
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
