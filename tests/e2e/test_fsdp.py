@@ -1,0 +1,142 @@
+"""Sharded data parallel (train.sharding: fsdp) on CPU: two torchrun processes (gloo), each holding half of
+the model, follow the one-process loss curve, save what one process saves, and resume either way."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from helpers import run_dirs
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+CLI = [sys.executable, "-m", "tunesmith.cli"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+
+
+def _losses(run_dir: Path) -> list[tuple[float, float | None, float]]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["loss"], r.get("val_loss"), r["grad_norm"]) for r in rows]
+
+
+def _prepare(toy_config: Path, method: dict[str, Any] | None = None, **train: Any) -> Path:
+    cfg = yaml.safe_load(toy_config.read_text())
+    cfg["train"] = {**cfg.get("train", {}), "max_steps": 4, "threads": 1, "eval_every": 2, **train}
+    if method:
+        cfg["method"] = method
+    toy_config.write_text(yaml.safe_dump(cfg))
+    prep = subprocess.run([*CLI, "data", "prepare", str(toy_config)], capture_output=True, text=True, env=ENV)
+    assert prep.returncode == 0, prep.stderr
+    (run_dir,) = run_dirs(toy_config.parent / "runs")
+    return run_dir
+
+
+def _train(run_dir: Path, processes: int, *extra: str) -> subprocess.CompletedProcess[str]:
+    cmd = [*(TORCHRUN if processes == 2 else [sys.executable]), "-m", "tunesmith.cli", "train", str(run_dir)]
+    done = subprocess.run([*cmd, *extra], capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def _assert_same_curve(a: list[Any], b: list[Any], steps: int = 4) -> float:
+    assert len(a) == len(b) == steps
+    for (la, va, ga), (lb, vb, gb) in zip(a, b, strict=True):
+        assert lb == pytest.approx(la, abs=1e-4)
+        assert gb == pytest.approx(ga, abs=1e-4)
+        assert (va is None) == (vb is None)
+        if va is not None:
+            assert vb == pytest.approx(va, abs=1e-4)
+    assert a[-1][0] != a[0][0]  # it trained
+    return max(abs(x[0] - y[0]) for x, y in zip(a, b, strict=True))
+
+
+def _assert_sharded(stderr: str) -> None:
+    """Each process holds about half of the parameter elements, and the halves make the whole."""
+    shares = re.findall(r"fsdp: rank (\d)/2 holds ([\d,]+) of ([\d,]+) parameter elements", stderr)
+    assert sorted(r for r, _, _ in shares) == ["0", "1"], stderr[-2000:]
+    local = [int(x.replace(",", "")) for _, x, _ in shares]
+    total = int(shares[0][2].replace(",", ""))
+    assert sum(local) == total
+    assert all(abs(n / total - 0.5) < 0.02 for n in local), (local, total)
+
+
+def _logits(model: Any, tok: Any) -> Any:
+    import torch
+
+    ids = tok("Route the ticket: my invoice is wrong", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.timeout(600)
+def test_fsdp_lora_matches_one_process_with_a_one_example_tail(toy_config: Path) -> None:
+    # No length grouping: each epoch's last micro-batch is its tail. The batch size leaves a tail of one
+    # example, which only one of the two processes can compute: the other runs a zero-weighted forward
+    # and backward (FSDP needs every process in every forward).
+    one = _prepare(toy_config, group_by_length=False)
+    n_train = len((one / "data" / "train.jsonl").read_text().splitlines())
+    batch, accum = next(
+        (b, a)
+        for b in (5, 7, 9, 11, 13, 15, 6, 10, 18, 3)
+        for a in (3, 2, 4, 5, 6, 1)
+        if n_train % b == 1 and -(-n_train // b) % a == 0 and 3 <= -(-n_train // b) // a <= 5
+    )
+    steps = -(-n_train // batch) // accum  # the last step ends with the one-example tail
+    cfg = yaml.safe_load((one / "resolved.yaml").read_text())
+    cfg["train"].update(batch_size=batch, grad_accum=accum, max_steps=steps)
+    (one / "resolved.yaml").write_text(yaml.safe_dump(cfg))
+    two = one.with_name(one.name + "-fsdp")
+    shutil.copytree(one, two)
+    cfg["train"]["sharding"] = "fsdp"
+    (two / "resolved.yaml").write_text(yaml.safe_dump(cfg))
+
+    single = _train(one, 1)
+    assert "train.sharding" not in single.stderr
+    dist = _train(two, 2)
+    _assert_sharded(dist.stderr)
+    a, b = _losses(one), _losses(two)
+    print(f"lora: batch {batch} x {accum}, {steps} steps; max |loss diff| {_assert_same_curve(a, b, steps)}")
+
+    # The saved adapters are the same adapter.
+    from peft import PeftModel
+
+    from tunesmith.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(str(one / "adapter"))
+    base = cfg["model"]
+    ref = _logits(PeftModel.from_pretrained(load_model(base), str(one / "adapter")), tok)
+    got = _logits(PeftModel.from_pretrained(load_model(base), str(two / "adapter")), tok)
+    print("lora: max |logit diff|", float((ref - got).abs().max()))
+    assert float((ref - got).abs().max()) < 1e-4
+
+
+@pytest.mark.timeout(600)
+def test_fsdp_full_matches_one_process_and_saves_the_same_model(toy_config: Path) -> None:
+    one = _prepare(toy_config, method={"name": "full"}, batch_size=5, grad_accum=2, lr=1e-3)
+    two = one.with_name(one.name + "-fsdp")
+    shutil.copytree(one, two)
+    cfg = yaml.safe_load((two / "resolved.yaml").read_text())
+    cfg["train"]["sharding"] = "fsdp"
+    (two / "resolved.yaml").write_text(yaml.safe_dump(cfg))
+
+    _train(one, 1)
+    dist = _train(two, 2)
+    _assert_sharded(dist.stderr)
+    a, b = _losses(one), _losses(two)
+    print("full: max |loss diff|", _assert_same_curve(a, b))
+
+    from tunesmith.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(str(one / "model"))
+    ref, got = _logits(load_model(str(one / "model")), tok), _logits(load_model(str(two / "model")), tok)
+    print("full: max |logit diff|", float((ref - got).abs().max()))
+    assert float((ref - got).abs().max()) < 1e-4
