@@ -136,7 +136,57 @@ def test_fsdp_full_matches_one_process_and_saves_the_same_model(toy_config: Path
 
     from tunesmith.models import load_model, load_tokenizer
 
+    from safetensors import safe_open
+
+    with (
+        safe_open(str(one / "model" / "model.safetensors"), "pt") as a,
+        safe_open(str(two / "model" / "model.safetensors"), "pt") as b,
+    ):
+        assert sorted(a.keys()) == sorted(b.keys())  # the tied head is saved once, as by one process
     tok = load_tokenizer(str(one / "model"))
     ref, got = _logits(load_model(str(one / "model")), tok), _logits(load_model(str(two / "model")), tok)
     print("full: max |logit diff|", float((ref - got).abs().max()))
     assert float((ref - got).abs().max()) < 1e-4
+
+
+def _resume_from_step_2(src: Path, name: str, processes: int) -> list[Any]:
+    """A copy of a finished run cut back to its step-2 checkpoint, resumed on `processes` processes."""
+    run = src.with_name(name)
+    shutil.copytree(src, run)
+    shutil.rmtree(run / "checkpoints" / "step-4")
+    _train(run, processes, "--resume")
+    return _losses(run)
+
+
+@pytest.mark.timeout(600)
+def test_fsdp_checkpoints_resume_sharded_and_in_one_process(toy_config: Path) -> None:
+    # Full fine-tune: two optimizer parameter groups (weights with decay, norms without), all weights trained.
+    one = _prepare(toy_config, method={"name": "full"}, batch_size=5, grad_accum=2, lr=1e-3, save_every=2)
+    two = one.with_name(one.name + "-fsdp")
+    shutil.copytree(one, two)
+    cfg = yaml.safe_load((two / "resolved.yaml").read_text())
+    cfg["train"]["sharding"] = "fsdp"
+    (two / "resolved.yaml").write_text(yaml.safe_dump(cfg))
+    _train(one, 1)
+    _train(two, 2)
+    ref = _losses(one)
+    _assert_same_curve(ref, _losses(two))
+    # The checkpoints are the one-process format: the same files, names and shapes.
+    from safetensors import safe_open
+
+    for step in ("step-2", "step-4"):
+        files = [sorted(p.name for p in (run / "checkpoints" / step).iterdir()) for run in (one, two)]
+        assert files[0] == files[1]
+        with (
+            safe_open(str(one / "checkpoints" / step / "trainable.safetensors"), "pt") as a,
+            safe_open(str(two / "checkpoints" / step / "trainable.safetensors"), "pt") as b,
+        ):
+            assert sorted(a.keys()) == sorted(b.keys())
+            assert all(a.get_slice(k).get_shape() == b.get_slice(k).get_shape() for k in a.keys())
+
+    diffs = {
+        "fsdp -> fsdp": _assert_same_curve(ref, _resume_from_step_2(two, "fsdp-fsdp", 2)),
+        "fsdp -> one process": _assert_same_curve(ref, _resume_from_step_2(two, "fsdp-one", 1)),
+        "one process -> fsdp": _assert_same_curve(ref, _resume_from_step_2(one, "one-fsdp", 2)),
+    }
+    print("resume: max |loss diff|", diffs)

@@ -123,7 +123,11 @@ def full_model_state(model: nn.Module, trainable_only: bool) -> dict[str, torch.
     state: dict[str, Any] = get_model_state_dict(
         model, options=_options(cpu_offload=True, ignore_frozen_params=trainable_only)
     )
-    return state
+    # A tied weight (embeddings = output head) comes back once per name, as separate copies; one process's
+    # save writes it once, under the first name, and so does this.
+    first = {n for n, _ in model.named_parameters()}
+    tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - first
+    return {k: v for k, v in state.items() if k not in tied}
 
 
 def load_checkpoint_weights(ckpt: Checkpoint, model: nn.Module) -> None:
