@@ -134,9 +134,9 @@ def test_fsdp_full_matches_one_process_and_saves_the_same_model(toy_config: Path
     a, b = _losses(one), _losses(two)
     print("full: max |loss diff|", _assert_same_curve(a, b))
 
-    from tunesmith.models import load_model, load_tokenizer
-
     from safetensors import safe_open
+
+    from tunesmith.models import load_model, load_tokenizer
 
     with (
         safe_open(str(one / "model" / "model.safetensors"), "pt") as a,
@@ -181,8 +181,9 @@ def test_fsdp_checkpoints_resume_sharded_and_in_one_process(toy_config: Path) ->
             safe_open(str(one / "checkpoints" / step / "trainable.safetensors"), "pt") as a,
             safe_open(str(two / "checkpoints" / step / "trainable.safetensors"), "pt") as b,
         ):
-            assert sorted(a.keys()) == sorted(b.keys())
-            assert all(a.get_slice(k).get_shape() == b.get_slice(k).get_shape() for k in a.keys())
+            names = sorted(a.keys())
+            assert names == sorted(b.keys())
+            assert all(a.get_slice(k).get_shape() == b.get_slice(k).get_shape() for k in names)
 
     diffs = {
         "fsdp -> fsdp": _assert_same_curve(ref, _resume_from_step_2(two, "fsdp-fsdp", 2)),
@@ -190,3 +191,63 @@ def test_fsdp_checkpoints_resume_sharded_and_in_one_process(toy_config: Path) ->
         "one process -> fsdp": _assert_same_curve(ref, _resume_from_step_2(one, "one-fsdp", 2)),
     }
     print("resume: max |loss diff|", diffs)
+
+
+_LOAD_SHARDED = r"""
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from tunesmith.config import MethodConfig
+from tunesmith.models import load_model
+from tunesmith.train.checkpoint import TrainState, latest_checkpoint, save_checkpoint
+from tunesmith.train.methods import apply_method
+from tunesmith.train.sharding import full_model_state, load_checkpoint_weights, shard_model
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+for method in ("lora", "full"):
+    torch.manual_seed(0)
+    model = apply_method(load_model(sys.argv[1]), MethodConfig(name=method))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_()
+    root = Path(sys.argv[2]) / method
+    if rank == 0:
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+        save_checkpoint(root, model, opt, TrainState(step=1))
+    dist.barrier()
+    saved = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.zero_()
+    shard_model(model, 2, torch.device("cpu"))
+    load_checkpoint_weights(latest_checkpoint(root), model)  # every process, its shard
+    got = full_model_state(model, trainable_only=True)
+    if rank == 0:
+        assert got.keys() == saved.keys(), (sorted(got)[:3], sorted(saved)[:3])
+        assert all(torch.equal(got[n], saved[n]) for n in saved), method
+        print(method, "ok", len(saved))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.timeout(300)
+def test_checkpoint_weights_load_into_a_sharded_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Early stopping's final weights: the best checkpoint read into the sharded model by every process."""
+    script = tmp_path / "load_sharded.py"
+    script.write_text(_LOAD_SHARDED)
+    done = subprocess.run(
+        [*TORCHRUN, str(script), str(tiny_model_dir), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "lora ok" in done.stdout and "full ok" in done.stdout

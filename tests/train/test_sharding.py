@@ -33,7 +33,12 @@ def test_lockstep_runs_a_zero_weighted_pass_for_an_empty_share(toy_config: Path,
         model.zero_grad(set_to_none=True)
         calls.clear()
         stats = accumulate_step(
-            model, chunks, tokenizer.pad_token_id, lambda loss: loss.backward(), shard=(1, 2), lockstep=lockstep
+            model,
+            chunks,
+            tokenizer.pad_token_id,
+            lambda loss: loss.backward(),
+            shard=(1, 2),
+            lockstep=lockstep,
         )
         return stats, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
