@@ -333,6 +333,14 @@ class TrainConfig(_Strict):
         description="Recompute each layer's activations in the backward pass (less memory, ~1/3 more compute). "
         "`auto`: on only when the memory plan does not fit without it.",
     )
+    sharding: Literal["none", "fsdp"] = Field(
+        "none",
+        description="Under `torchrun`/`accelerate launch` with several processes: `none` keeps a full copy of the "
+        "model on every process (data parallel); `fsdp` shards parameters, gradients and optimizer state across "
+        "the processes (PyTorch FSDP2, one unit per decoder layer), for models whose training state does not fit "
+        "one device. Same loss curve either way; checkpoints and the saved adapter/model are the one-process "
+        "format. Ignored with one process. Methods full, lora, dora, ia3; objectives sft and pretrain.",
+    )
 
 
 EvalMetric = Literal[

@@ -175,6 +175,22 @@ def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     return inputs
 
 
+# The attribute under which train.sharding puts `decoder_head_logits` on a sharded model (see sharding.py).
+SHARDED_LOSS_LOGITS = "tunesmith_loss_logits"
+
+
+def decoder_head_logits(model: nn.Module, inputs: dict[str, Any], keep: torch.Tensor) -> torch.Tensor:
+    """The decoder's hidden states, then the output head on the positions `keep` only (the fast loss path)."""
+    lm = _causal_lm(model)
+    decoder = getattr(lm, lm.base_model_prefix)
+    hidden = decoder(**inputs).last_hidden_state
+    logits = lm.get_output_embeddings()(hidden[:, :-1][keep])
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    if cap:
+        logits = cap * (logits / cap).tanh()
+    return logits
+
+
 def loss_position_logits(
     model: nn.Module, batch: dict[str, torch.Tensor], fast: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -192,13 +208,11 @@ def loss_position_logits(
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
     if fast and not uses_virtual_tokens(model):
-        lm = _causal_lm(model)
-        decoder = getattr(lm, lm.base_model_prefix)
-        hidden = decoder(**_model_inputs(batch)).last_hidden_state
-        logits = lm.get_output_embeddings()(hidden[:, :-1][keep])
-        cap = getattr(lm.config, "final_logit_softcapping", None)
-        if cap:
-            logits = cap * (logits / cap).tanh()
+        # Sharded (train.sharding: fsdp): the same computation as a method of the model that FSDP treats as
+        # a forward, so the root's parameters (embeddings, final norm, head) are gathered around it.
+        sharded = getattr(model, SHARDED_LOSS_LOGITS, None)
+        inputs = _model_inputs(batch)
+        logits = sharded(inputs, keep) if sharded is not None else decoder_head_logits(model, inputs, keep)
     else:
         # PeftModel.forward extends the attention mask by the virtual tokens itself. Prompt tuning prepends
         # them to the sequence, so logits hold num_virtual_tokens extra leading positions: the last
@@ -246,6 +260,7 @@ def accumulate_step(
     objective: Any = None,
     shard: tuple[int, int] = (0, 1),
     packed: bool = False,
+    lockstep: bool = False,
 ) -> StepStats:
     """Forward and backward over the micro-batches of one optimizer step; gradients add up in `.grad`.
 
@@ -258,16 +273,23 @@ def accumulate_step(
     alike everywhere), so it knows the step's units without talking to the others, and computes only every
     world-th example of each micro-batch; summing the processes' gradients then gives the one-process
     gradient exactly. The returned loss and tokens are this process's share.
+
+    `lockstep`: every process runs a forward and backward for every micro-batch, as sharded training needs
+    (each forward gathers parameters from all processes). A process whose share of a tail micro-batch is
+    empty runs the micro-batch's first example with its loss multiplied by 0: zero gradients, nothing
+    counted. Without it, such a process skips the micro-batch.
     """
     n_units = sum(objective.units(c) if objective else loss_tokens(c) for c in chunks)
     rank, world = shard
-    chunks = [c[rank::world] for c in chunks]
     step_loss = 0.0
     step_tokens = 0
     stats: dict[str, float] = {}
-    for chunk in chunks:
+    for full in chunks:
+        chunk, weight = full[rank::world], 1.0
         if not chunk:  # a tail micro-batch smaller than the number of processes
-            continue
+            if not lockstep:
+                continue
+            chunk, weight = full[:1], 0.0
         if objective is None:
             batch = collate_packed(chunk, pad_id) if packed else collate(chunk, pad_id)
             loss_sum = token_loss_sum(model, batch, fast=fast)
@@ -275,9 +297,10 @@ def accumulate_step(
             batch = objective.collate(chunk, pad_id)
             loss_sum, st = objective.loss_sum(model, batch)
             for k, v in st.items():
-                stats[k] = stats.get(k, 0.0) + v / max(n_units, 1)
-        loss = loss_sum / max(n_units, 1)
+                stats[k] = stats.get(k, 0.0) + weight * v / max(n_units, 1)
+        loss = loss_sum * weight / max(n_units, 1)
         backward(loss)
-        step_loss += float(loss.detach())
-        step_tokens += batch_tokens(batch)
+        if weight:
+            step_loss += float(loss.detach())
+            step_tokens += batch_tokens(batch)
     return StepStats(step_loss, n_units, step_tokens, stats)

@@ -193,16 +193,27 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(root: Path, model: nn.Module, optimizer: Any, state: TrainState) -> Checkpoint:
+def save_checkpoint(
+    root: Path,
+    model: nn.Module,
+    optimizer: Any,
+    state: TrainState,
+    weights: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+) -> Checkpoint:
     """Write `root/step-N` atomically (temp folder, fsync, marker last, rename) and return it.
 
     `model` is the unwrapped model. Raises TrainingDiverged, writing nothing, when a trainable weight is
-    NaN/inf: a checkpoint is only ever a good one.
+    NaN/inf: a checkpoint is only ever a good one. `weights` (every trainable parameter, by name) and
+    `optimizer_state` (a torch.optim state dict): the whole state gathered from a sharded model, written in
+    place of the model's and the optimizer's own (which hold one process's shard).
     """
     import torch
     from safetensors.torch import save_file
 
     trainable = _trainable(model)
+    if weights is not None:
+        trainable = {n: weights[n] for n in trainable}
     bad = [n for n, p in trainable.items() if not bool(torch.isfinite(p).all())]
     if bad:
         last = latest_checkpoint(root)
@@ -215,12 +226,14 @@ def save_checkpoint(root: Path, model: nn.Module, optimizer: Any, state: TrainSt
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
     try:
         if _is_peft(model):
-            model.save_pretrained(tmp)  # type: ignore[operator]
+            model.save_pretrained(tmp, state_dict=weights)  # type: ignore[operator]
         else:
             save_file(
                 {n: p.detach().contiguous() for n, p in trainable.items()}, tmp / "trainable.safetensors"
             )
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(
+            optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt"
+        )
         torch.save(rng_states(), tmp / "rng.pt")
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
         for name in files:
@@ -278,13 +291,24 @@ def load_weights(ckpt: Checkpoint, model: nn.Module) -> None:
                 params[n].copy_(w)
 
 
-def load_checkpoint(ckpt: Checkpoint, model: nn.Module, optimizer: Any) -> TrainState:
-    """Restore weights, optimizer state and RNG states; return the loop state to continue from."""
+def load_optimizer_file(ckpt: Checkpoint) -> dict[str, Any]:
     import torch
 
-    load_weights(ckpt, model)
-    optimizer.load_state_dict(torch.load(ckpt.path / "optimizer.pt", map_location="cpu", weights_only=True))
+    state: dict[str, Any] = torch.load(ckpt.path / "optimizer.pt", map_location="cpu", weights_only=True)
+    return state
+
+
+def load_rng(ckpt: Checkpoint) -> None:
+    import torch
+
     set_rng_states(torch.load(ckpt.path / "rng.pt", weights_only=True))
+
+
+def load_checkpoint(ckpt: Checkpoint, model: nn.Module, optimizer: Any) -> TrainState:
+    """Restore weights, optimizer state and RNG states; return the loop state to continue from."""
+    load_weights(ckpt, model)
+    optimizer.load_state_dict(load_optimizer_file(ckpt))
+    load_rng(ckpt)
     return ckpt.state
 
 
@@ -299,6 +323,8 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "load_optimizer_file",
+    "load_rng",
     "load_weights",
     "prune_checkpoints",
     "read_checkpoint",

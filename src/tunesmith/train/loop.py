@@ -43,6 +43,8 @@ from tunesmith.train.checkpoint import (
     clean_partial,
     latest_checkpoint,
     load_checkpoint,
+    load_optimizer_file,
+    load_rng,
     load_weights,
     prune_checkpoints,
     save_checkpoint,
@@ -57,6 +59,16 @@ from tunesmith.train.methods import (
 from tunesmith.train.monitor import ValMonitor
 from tunesmith.train.objectives import TokenObjective, make_objective, mean_loss
 from tunesmith.train.precision import resolve_precision
+from tunesmith.train.sharding import (
+    check_sharding,
+    clip_grad_norm,
+    full_model_state,
+    full_optimizer_state,
+    load_checkpoint_weights,
+    load_optimizer_state,
+    report_share,
+    shard_model,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -148,6 +160,14 @@ def _sum_gradients(params: list[Any], stats: StepStats) -> StepStats:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+    return _sum_stats(stats)
+
+
+def _sum_stats(stats: StepStats) -> StepStats:
+    """Add up every process's share of the step statistics (loss, tokens, objective statistics)."""
+    import torch
+    import torch.distributed as dist
+
     keys = sorted(stats.extra)
     totals = torch.tensor(
         [stats.loss, float(stats.tokens), *[stats.extra[k] for k in keys]], dtype=torch.float64
@@ -211,6 +231,9 @@ def train(
             cfg.name, config={k: v for k, v in _flat_config(cfg.model_dump(mode="json")).items()}
         )
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    sharded = tc.sharding == "fsdp" and world > 1
+    if sharded:
+        check_sharding(cfg)
     if not main:  # one process reports; the others train their share quietly
         console = Console(file=io.StringIO())
     model = apply_method(base_model, cfg.method, tok)
@@ -223,6 +246,26 @@ def train(
     autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     trainable, total = count_parameters(model)
     console.print(describe_parameters(cfg.method.name, trainable, total))
+    if tc.sharding == "fsdp" and not sharded:
+        console.print(
+            "train.sharding: fsdp ignored: one process (it shards across the processes of a launch)"
+        )
+    ckpt_root = checkpoints_root(run_dir)
+    if main:
+        clean_partial(ckpt_root)  # temp folders of a save that was killed
+    last = latest_checkpoint(ckpt_root)
+    if last is not None and not resume:
+        raise FileExistsError(
+            f"{run_dir} already has checkpoints (up to step {last.step}); resume it or start a new run"
+        )
+    if sharded:
+        # Sharded data parallel (sharding.py): a resumed run's weights go into the whole model first, then
+        # every process keeps its shard of them; the optimizer is built on the sharded parameters.
+        model = model.to(accelerator.device)
+        if last is not None:
+            load_weights(last, model)
+        shard_model(model, world, accelerator.device)
+        report_share(model, rank, world)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -231,7 +274,9 @@ def train(
         lr=tc.lr,
         betas=(0.9, 0.999),
     )
-    if world > 1:
+    if sharded:
+        pass  # FSDP's sharded parameters, gradients and optimizer state: no accelerate wrapper
+    elif world > 1:
         # Data parallel without the DDP wrapper: every process walks the same seeded batch stream, computes
         # its share of each micro-batch, and the gradients are summed across processes before the step
         # (`_sum_gradients`). With the loss divided by the units of the *whole* step, the sum is exactly
@@ -254,18 +299,15 @@ def train(
     pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt_root = checkpoints_root(run_dir)
-    if main:
-        clean_partial(ckpt_root)  # temp folders of a save that was killed
-    last = latest_checkpoint(ckpt_root)
-    if last is not None and not resume:
-        raise FileExistsError(
-            f"{run_dir} already has checkpoints (up to step {last.step}); resume it or start a new run"
-        )
     state = TrainState()
     monitor = ValMonitor(tc.patience, tc.min_delta)
     if last is not None:
-        state = load_checkpoint(last, unwrapped, optimizer)
+        if sharded:  # the weights are in already
+            load_optimizer_state(model, optimizer, load_optimizer_file(last))
+            load_rng(last)
+            state = last.state
+        else:
+            state = load_checkpoint(last, unwrapped, optimizer)
         monitor = ValMonitor.from_state(state.monitor)
         console.print(f"resuming from [bold]{last.path}[/bold] (step {state.step} of {steps})")
     if main:
@@ -321,10 +363,15 @@ def train(
                     objective=objective if tc.objective in ("dpo", "classify") else None,
                     shard=(rank, world),
                     packed=tc.packing,
+                    lockstep=sharded,
                 )
-            if world > 1:
-                stats = _sum_gradients(params, stats)
-            grad_norm = float(accelerator.clip_grad_norm_(params, tc.max_grad_norm))
+            if sharded:  # FSDP summed the gradients in its reduce-scatter
+                stats = _sum_stats(stats)
+                grad_norm = clip_grad_norm(params, tc.max_grad_norm)
+            else:
+                if world > 1:
+                    stats = _sum_gradients(params, stats)
+                grad_norm = float(accelerator.clip_grad_norm_(params, tc.max_grad_norm))
             if not math.isfinite(stats.loss) or not math.isfinite(grad_norm):
                 good = latest_checkpoint(ckpt_root)
                 raise TrainingDiverged(
@@ -402,8 +449,11 @@ def train(
                     monitor=monitor.state(),
                     stopped=stopped,
                 )
+                # Sharded: the whole state, gathered onto the first process (every process takes part).
+                weights = full_model_state(model, trainable_only=True) if sharded else None
+                optimizer_state = full_optimizer_state(model, optimizer) if sharded else None
                 if main:
-                    save_checkpoint(ckpt_root, unwrapped, optimizer, state)
+                    save_checkpoint(ckpt_root, unwrapped, optimizer, state, weights, optimizer_state)
                     prune_checkpoints(ckpt_root, tc.keep_checkpoints)
                 accelerator.wait_for_everyone()
             if stopped:
@@ -416,14 +466,21 @@ def train(
     weights_step = state.step
     best = best_checkpoint(ckpt_root) if tc.early_stopping else None
     if best is not None and best.step != state.step:
-        load_weights(best, unwrapped)
+        if sharded:
+            load_checkpoint_weights(best, model)
+        else:
+            load_weights(best, unwrapped)
         weights_step = best.step
         console.print(f"final weights: step {best.step} (best val loss {best.state.val_loss:.4f})")
     if tc.track:
         accelerator.end_training()
     output_dir = run_dir / output_dir_name(cfg.method)
+    # Sharded: an adapter's weights, or the whole model (full), gathered onto the first process.
+    final_state = full_model_state(model, trainable_only=cfg.method.name != "full") if sharded else None
     if main:
-        output_dir = save_trained(unwrapped, tok, run_dir, cfg.method)  # adapter/ or model/ (full)
+        output_dir = save_trained(
+            unwrapped, tok, run_dir, cfg.method, final_state
+        )  # adapter/ or model/ (full)
     accelerator.wait_for_everyone()
     result = TrainResult(
         steps=state.step,

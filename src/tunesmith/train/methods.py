@@ -183,11 +183,19 @@ def describe_parameters(name: str, trainable: int, total: int) -> str:
     return f"{name}: {trainable:,} trainable of {total:,} parameters ({share:.3g}%)"
 
 
-def save_trained(model: Any, tok: PreTrainedTokenizerBase, run_dir: Path, method: MethodConfig) -> Path:
+def save_trained(
+    model: Any,
+    tok: PreTrainedTokenizerBase,
+    run_dir: Path,
+    method: MethodConfig,
+    state_dict: dict[str, Any] | None = None,
+) -> Path:
     """Write `adapter/` (peft methods) or `model/` (full: safetensors, config, generation config), each with
-    the tokenizer and its chat template, in one atomic rename: a reader never sees half a save."""
+    the tokenizer and its chat template, in one atomic rename: a reader never sees half a save.
+    `state_dict`: the weights to write in place of the model's own (a sharded model's, gathered whole)."""
     out = run_dir / output_dir_name(method)
     with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)  # safetensors (the only format of transformers 5 and peft's default)
+        # safetensors (the only format of transformers 5 and peft's default)
+        model.save_pretrained(tmp, **({} if state_dict is None else {"state_dict": state_dict}))
         tok.save_pretrained(tmp)
     return out
