@@ -246,6 +246,13 @@ def run_all(cfg: RunConfig, console: Console, resume_dir: Path | None = None) ->
     """Every stage; `resume_dir`: an unfinished run to continue (training from its latest checkpoint)."""
     # Before any data or model work: a method this machine cannot run (qlora without CUDA) fails now.
     check_method_available(cfg.method)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        raise ValueError(
+            f"`tunesmith run` is one process, and this launch has {world} (WORLD_SIZE): train under the "
+            "launcher with `tunesmith data prepare CFG` then `torchrun ... -m tunesmith.cli train RUN_DIR`, "
+            "and evaluate in one process with `tunesmith eval RUN_DIR`"
+        )
     plan: Plan | None = None
     if resume_dir is None:
         run_dir, model_path, tok, data, plan = _start_run(cfg, console, refuse_unfit=True)

@@ -68,3 +68,18 @@ def test_two_processes_match_one_process(toy_config: Path) -> None:
             assert vb == pytest.approx(va, abs=1e-4)
     assert len(a) == 4 and a[-1][0] != a[0][0]
     assert (two / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_run_refuses_a_multi_process_launch(toy_config: Path) -> None:
+    """`run` trains and evaluates in one process: under a launcher it says what to run instead, at once."""
+    env = {**os.environ, "WORLD_SIZE": "2"}
+    r = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "run", str(toy_config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 1
+    assert "tunesmith eval RUN_DIR" in " ".join((r.stderr + r.stdout).split())
+    assert not run_dirs(toy_config.parent / "runs")
