@@ -51,7 +51,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "support-tickets" / "tunesmith.yaml"
 RESULTS = ROOT / "benchmarks" / "results"
-ARMS = ("trl", "trl-tuned", "tunesmith")
+ARMS = ("trl", "trl-tuned", "tunesmith", "tunesmith-compact", "tunesmith-compile")
+DEFAULT_ARMS = ("trl", "trl-tuned", "tunesmith", "tunesmith-compact")
 
 # Real model shapes for the GPU run (weights random: speed and memory do not depend on their values).
 SHAPES: dict[str, dict[str, Any]] = {
@@ -223,13 +224,17 @@ def run_tunesmith(args: argparse.Namespace) -> dict[str, Any]:
 
     from tunesmith.malloc import limit_heap_fragmentation
 
-    limit_heap_fragmentation()  # as the CLI does
+    if not args.default_malloc:
+        limit_heap_fragmentation()  # as the CLI does at start
     import tunesmith.train.loop as loop
     from tunesmith.data.pipeline import PreparedData, Split
+    from tunesmith.runner import choose_training_heap
 
     cfg, tok, data, model_path = load_setup(args)
-    model = build_model(args, model_path, len(tok))
     quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115
+    if not args.default_malloc and model_path is not None:
+        choose_training_heap(cfg, model_path, data, None, quiet)  # train.heap, as `tunesmith train` does
+    model = build_model(args, model_path, len(tok))
     no_val = PreparedData(data.train, Split([], []), data.test, data.preflight)  # eval is scored afterwards
     with tempfile.TemporaryDirectory() as tmp:
         sync(args.device)
@@ -251,6 +256,8 @@ def run_tunesmith(args: argparse.Namespace) -> dict[str, Any]:
             "gradient_checkpointing": cfg.train.gradient_checkpointing,
             "group_by_length": cfg.train.group_by_length,
             "packing": cfg.train.packing,
+            "heap": cfg.train.heap,
+            "compile": cfg.train.compile,
         },
     }
 
@@ -311,6 +318,8 @@ def run_trl(args: argparse.Namespace, tuned: bool) -> dict[str, Any]:
             max_grad_norm=tc.max_grad_norm,
             seed=tc.seed,
             max_length=tc.max_length,
+            # The loss on the assistant turns, as tunesmith: TRL applies `completion_mask` only when asked.
+            completion_only_loss=True,
             logging_steps=1,
             save_strategy="no",
             report_to="none",
@@ -373,7 +382,11 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.child == "tunesmith":
+    if args.child.startswith("tunesmith"):
+        if args.child == "tunesmith-compact":
+            args.override = [*args.override, "train.heap=compact"]
+        if args.child == "tunesmith-compile":
+            args.override = [*args.override, "train.compile=true"]
         r = run_tunesmith(args)
     else:
         r = run_trl(args, tuned=args.child == "trl-tuned")
@@ -396,12 +409,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40, help="Optimizer steps per arm (the example's 40).")
     ap.add_argument("--repeats", type=int, default=3, help="Runs per arm (alternating); medians reported.")
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ap.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS)
+    ap.add_argument(
+        "--short-arms",
+        nargs="*",
+        default=[],
+        choices=ARMS,
+        help="Arms too slow for --steps here (TRL's defaults on a CPU without bf16): --short-steps steps, for "
+        "speed and memory only; their loss is not compared.",
+    )
+    ap.add_argument("--short-steps", type=int, default=4)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--shape", choices=sorted(SHAPES), help="A random model of this real shape (GPU runs).")
     ap.add_argument("--seq-len", type=int, default=2048, help="With --shape: the longest example.")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for every arm (default: torch's).")
     ap.add_argument("--override", nargs="*", default=[], help="Config overrides for every arm.")
+    ap.add_argument(
+        "--default-malloc", action="store_true", help="tunesmith arm: leave glibc's malloc tuning alone."
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -414,7 +439,8 @@ def main() -> None:
     for rep in range(args.repeats):
         order = args.arms if rep % 2 == 0 else list(reversed(args.arms))
         for arm in order:
-            cmd = [sys.executable, __file__, "--child", arm, "--steps", str(args.steps), "--device", args.device]
+            steps = args.short_steps if arm in args.short_arms else args.steps
+            cmd = [sys.executable, __file__, "--child", arm, "--steps", str(steps), "--device", args.device]
             if args.shape:
                 cmd += ["--shape", args.shape, "--seq-len", str(args.seq_len)]
             if args.threads:
@@ -429,7 +455,7 @@ def main() -> None:
             r = json.loads(lines[-1][len("RESULT ") :])
             runs[arm].append(r)
             print(
-                f"[{rep + 1}/{args.repeats}] {arm:10s} {r['real_tokens_per_s']:9.1f} real tok/s  "
+                f"[{rep + 1}/{args.repeats}] {arm:18s} {r['real_tokens_per_s']:9.1f} real tok/s  "
                 f"peak {r['peak_memory'] / 2**30:.2f} GiB  held-out loss {r['heldout_loss']:.4f}  "
                 f"({r['seconds']:.1f} s)",
                 flush=True,
@@ -448,31 +474,44 @@ def main() -> None:
             "train_loss_last10": round(median_of(rs, "train_loss_last10"), 4),
             "seconds": round(median_of(rs, "seconds"), 1),
             "real_tokens": rs[0]["real_tokens"],
+            "steps": args.short_steps if arm in args.short_arms else args.steps,
             "settings": rs[0]["settings"],
         }
     comparisons: dict[str, Any] = {}
-    if "tunesmith" in summary:
-        ours = summary["tunesmith"]
-        for peer in ("trl", "trl-tuned"):
-            if peer in summary:
-                theirs = summary[peer]
-                comparisons[f"tunesmith_vs_{peer}"] = {
+    for peer in ("trl", "trl-tuned"):
+        if peer in summary:
+            theirs = summary[peer]
+            for mine in ("tunesmith", "tunesmith-compact", "tunesmith-compile"):
+                if mine not in summary:
+                    continue
+                ours = summary[mine]
+                same_steps = ours["steps"] == theirs["steps"]
+                comparisons[f"{mine}_vs_{peer}"] = {
                     "speedup": round(ours["real_tokens_per_s"] / theirs["real_tokens_per_s"], 3),
                     "memory_ratio": round(ours["peak_memory_bytes"] / theirs["peak_memory_bytes"], 3),
-                    "heldout_loss_rel_diff": round(ours["heldout_loss"] / theirs["heldout_loss"] - 1, 4),
+                    "heldout_loss_rel_diff": round(ours["heldout_loss"] / theirs["heldout_loss"] - 1, 4)
+                    if same_steps
+                    else None,
                 }
 
     print()
-    print(f"{'arm':10s} {'real tok/s':>11s} {'peak GiB':>9s} {'MFU':>7s} {'held-out':>9s} {'train(last10)':>14s}")
+    print(
+        f"{'arm':18s} {'steps':>5s} {'real tok/s':>11s} {'peak GiB':>9s} {'MFU':>7s} {'held-out':>9s} {'train(last10)':>14s}"
+    )
     for arm, s in summary.items():
         print(
-            f"{arm:10s} {s['real_tokens_per_s']:11.1f} {s['peak_memory_bytes'] / 2**30:9.2f} "
+            f"{arm:18s} {s['steps']:5d} {s['real_tokens_per_s']:11.1f} {s['peak_memory_bytes'] / 2**30:9.2f} "
             f"{100 * s['mfu']:6.2f}% {s['heldout_loss']:9.4f} {s['train_loss_last10']:14.4f}"
         )
     for name, c in comparisons.items():
+        loss = c["heldout_loss_rel_diff"]
         print(
             f"{name}: {c['speedup']:.2f}x real tokens/s, memory {c['memory_ratio']:.2f}x, "
-            f"held-out loss {100 * c['heldout_loss_rel_diff']:+.2f}%"
+            + (
+                f"held-out loss {100 * loss:+.2f}%"
+                if loss is not None
+                else "(fewer steps: loss not compared)"
+            )
         )
     import transformers
     import trl
@@ -505,7 +544,11 @@ def main() -> None:
                     "load_avg_at_end": os.getloadavg(),
                     "measured_peak_flops": peak,
                 },
-                "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
+                "versions": {
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                    "trl": trl.__version__,
+                },
                 "arms": summary,
                 "comparisons": comparisons,
                 "runs": runs,

@@ -333,6 +333,20 @@ class TrainConfig(_Strict):
         description="Recompute each layer's activations in the backward pass (less memory, ~1/3 more compute). "
         "`auto`: on only when the memory plan does not fit without it.",
     )
+    compile: bool = Field(
+        False,
+        description="Run the decoder through `torch.compile` (inductor; CPU needs a C++ compiler). The first "
+        "steps pay for compilation; see benchmarks/train_throughput.py (arm `tunesmith-compile`) for whether it "
+        "pays off on your machine.",
+    )
+    heap: Literal["auto", "compact", "fast"] = Field(
+        "auto",
+        description="CPU memory allocator policy while training (glibc). `compact`: tensors above 128 KiB get their "
+        "own pages, returned when freed, so resident memory stays at what the tensors need (the memory plan's "
+        "figure). `fast`: freed memory is kept and reused, ~1.7x the tokens/s on CPU for up to ~1.5x the resident "
+        "memory (benchmarks/train_throughput.py). `auto`: `fast` when 1.5x the plan's peak fits in available "
+        "memory, else `compact`. A MALLOC_MMAP_THRESHOLD_ in the environment overrides it.",
+    )
     sharding: Literal["none", "fsdp"] = Field(
         "none",
         description="Under `torchrun`/`accelerate launch` with several processes: `none` keeps a full copy of the "

@@ -7,6 +7,12 @@ long-lived tensors (LoRA's rank-r activations, for one) pin the holes between th
 SmolLM2-135M over 16 steps of the support-tickets example: peak RSS 4.8 GiB for full fine-tuning and
 4.2+ GiB for LoRA with the default, against ~2.9 GiB of live memory for LoRA (benchmarks/memory_plan.py).
 A fixed threshold stops the drift, so the memory plan holds and a run refused as too big really is.
+
+It costs speed: every activation is then a fresh mmap, page-faulted and zeroed, and unmapped on free. On the
+same example a LoRA step runs at 144 real tokens/s with it and 248 without (peak RSS 2.80 vs 4.17 GiB; 12
+steps, benchmarks/train_throughput.py). So training chooses (`train.heap`, `choose_heap`): the compact
+threshold when memory is tight, glibc's own ceiling (32 MiB, as fast as its default) when 1.5x the plan's
+peak fits.
 """
 
 from __future__ import annotations
@@ -17,6 +23,26 @@ import sys
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
 THRESHOLD = 128 * 1024  # glibc's own starting value, kept fixed
+FAST_THRESHOLD = (
+    32 * 1024 * 1024
+)  # glibc's ceiling for its dynamic threshold (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit)
+# Peak RSS with the fast heap over the compact one, measured training SmolLM2-135M: LoRA 4.17/2.80 GiB
+# (benchmarks/train_throughput.py), full fine-tuning 4.8/4.03 GiB (benchmarks/memory_plan.py).
+FAST_HEAP_OVERHEAD = 1.5
+
+
+def choose_heap(mode: str, plan_peak: int | None, available: int | None) -> str:
+    """`compact` or `fast` for `train.heap` (see the module doc); `auto` without a plan: compact."""
+    if mode != "auto":
+        return mode
+    if plan_peak is None or available is None:
+        return "compact"
+    return "fast" if plan_peak * FAST_HEAP_OVERHEAD <= available else "compact"
+
+
+def set_heap(kind: str) -> bool:
+    """Apply `compact` or `fast` (see `choose_heap`); True when applied."""
+    return limit_heap_fragmentation(THRESHOLD if kind == "compact" else FAST_THRESHOLD)
 
 
 def limit_heap_fragmentation(threshold: int = THRESHOLD) -> bool:

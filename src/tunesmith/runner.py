@@ -138,6 +138,22 @@ def _on_accelerator(model: Any) -> Any:
     return model
 
 
+def choose_training_heap(
+    cfg: RunConfig, model_path: str, data: PreparedData, plan: Plan | None, console: Console
+) -> None:
+    """`train.heap`: keep freed memory for speed when the plan leaves room (tunesmith/malloc.py)."""
+    from tunesmith.malloc import choose_heap, set_heap
+
+    if cfg.train.heap == "auto" and plan is None:  # a run trained again or resumed: plan it quietly
+        plan = make_plan(
+            cfg, model_path, DataStats.from_prepared(data), target_device(None, cfg.train.threads)
+        )
+    on_cpu = plan is None or plan.device_kind == "cpu"
+    kind = choose_heap(cfg.train.heap, plan.memory.peak if plan else None, plan.available if plan else None)
+    if on_cpu and set_heap(kind):
+        console.print(f"[dim]heap: {kind} (train.heap: {cfg.train.heap})[/dim]")
+
+
 def _train_stage(
     cfg: RunConfig,
     data: PreparedData,
@@ -155,6 +171,7 @@ def _train_stage(
     if main:
         mark_stage(run_dir, "train", "running")
     try:
+        choose_training_heap(cfg, model_path, data, plan, console)
         base = _load_base(cfg, model_path, data.preflight.get("class_labels"))
         tuned, result = train(
             cfg,

@@ -181,6 +181,19 @@ def _sum_stats(stats: StepStats) -> StepStats:
     )
 
 
+def compile_decoder(model: Any, sharded: bool = False) -> None:
+    """`train.compile`: the decoder stack through torch.compile (inductor), in place, with dynamic sequence
+    lengths so variable-length batches reuse one graph. Both loss paths call the decoder module, so both
+    run compiled; the output head (often only at the loss positions) stays eager."""
+    if sharded:
+        raise ValueError(
+            "train.compile with train.sharding: fsdp is not supported; set train.compile: false to shard, "
+            "or train.sharding: none to compile"
+        )
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    getattr(lm, lm.base_model_prefix).compile(dynamic=True)
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop the records of steps after `step`: a resumed run logs them again."""
     if path.is_file():
@@ -242,6 +255,8 @@ def train(
         cast(Any, model).activation_checkpointing_enable(
             activation_checkpointing_kwargs={"use_reentrant": False}
         )
+    if tc.compile:
+        compile_decoder(model, sharded)
     precision = precision or resolve_precision(tc.precision, accelerator.device.type)
     autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     trainable, total = count_parameters(model)
