@@ -343,7 +343,7 @@ class TrainConfig(_Strict):
         "auto",
         description="CPU memory allocator policy while training (glibc). `compact`: tensors above 128 KiB get their "
         "own pages, returned when freed, so resident memory stays at what the tensors need (the memory plan's "
-        "figure). `fast`: freed memory is kept and reused, ~1.7x the tokens/s on CPU for up to ~1.5x the resident "
+        "figure). `fast`: freed memory is kept and reused, 1.7-1.8x the tokens/s on CPU for up to ~1.5x the resident "
         "memory (benchmarks/train_throughput.py). `auto`: `fast` when 1.5x the plan's peak fits in available "
         "memory, else `compact`. A MALLOC_MMAP_THRESHOLD_ in the environment overrides it.",
     )
