@@ -333,6 +333,12 @@ class TrainConfig(_Strict):
         description="Recompute each layer's activations in the backward pass (less memory, ~1/3 more compute). "
         "`auto`: on only when the memory plan does not fit without it.",
     )
+    kernels: Literal["none", "liger"] = Field(
+        "none",
+        description="`liger`: Liger's Triton kernels on a CUDA GPU (RMSNorm, RoPE, SwiGLU, and the output head fused "
+        "with the cross-entropy so the logits are never held in memory); needs `pip install liger-kernel`. "
+        "Without CUDA the run stops before any model loads (exit 2) with the fix.",
+    )
     compile: bool = Field(
         False,
         description="Run the decoder through `torch.compile` (inductor; CPU needs a C++ compiler). The first "

@@ -28,6 +28,16 @@ def _losses(run_dir: Path) -> list[tuple[float, float | None, float]]:
     return [(r["loss"], r.get("val_loss"), r["grad_norm"]) for r in rows]
 
 
+def _sharded_copy(one: Path) -> Path:
+    """A copy of the prepared run directory `one` that trains with train.sharding: fsdp."""
+    two = one.with_name(one.name + "-fsdp")
+    shutil.copytree(one, two)
+    cfg = yaml.safe_load((two / "resolved.yaml").read_text())
+    cfg["train"]["sharding"] = "fsdp"
+    (two / "resolved.yaml").write_text(yaml.safe_dump(cfg))
+    return two
+
+
 def _prepare(toy_config: Path, method: dict[str, Any] | None = None, **train: Any) -> Path:
     cfg = yaml.safe_load(toy_config.read_text())
     cfg["train"] = {**cfg.get("train", {}), "max_steps": 4, "threads": 1, "eval_every": 2, **train}
@@ -94,10 +104,7 @@ def test_fsdp_lora_matches_one_process_with_a_one_example_tail(toy_config: Path)
     cfg = yaml.safe_load((one / "resolved.yaml").read_text())
     cfg["train"].update(batch_size=batch, grad_accum=accum, max_steps=steps)
     (one / "resolved.yaml").write_text(yaml.safe_dump(cfg))
-    two = one.with_name(one.name + "-fsdp")
-    shutil.copytree(one, two)
-    cfg["train"]["sharding"] = "fsdp"
-    (two / "resolved.yaml").write_text(yaml.safe_dump(cfg))
+    two = _sharded_copy(one)
 
     single = _train(one, 1)
     assert "train.sharding" not in single.stderr
@@ -122,11 +129,7 @@ def test_fsdp_lora_matches_one_process_with_a_one_example_tail(toy_config: Path)
 @pytest.mark.timeout(600)
 def test_fsdp_full_matches_one_process_and_saves_the_same_model(toy_config: Path) -> None:
     one = _prepare(toy_config, method={"name": "full"}, batch_size=5, grad_accum=2, lr=1e-3)
-    two = one.with_name(one.name + "-fsdp")
-    shutil.copytree(one, two)
-    cfg = yaml.safe_load((two / "resolved.yaml").read_text())
-    cfg["train"]["sharding"] = "fsdp"
-    (two / "resolved.yaml").write_text(yaml.safe_dump(cfg))
+    two = _sharded_copy(one)
 
     _train(one, 1)
     dist = _train(two, 2)
@@ -162,11 +165,7 @@ def _resume_from_step_2(src: Path, name: str, processes: int) -> list[Any]:
 def test_fsdp_checkpoints_resume_sharded_and_in_one_process(toy_config: Path) -> None:
     # Full fine-tune: two optimizer parameter groups (weights with decay, norms without), all weights trained.
     one = _prepare(toy_config, method={"name": "full"}, batch_size=5, grad_accum=2, lr=1e-3, save_every=2)
-    two = one.with_name(one.name + "-fsdp")
-    shutil.copytree(one, two)
-    cfg = yaml.safe_load((two / "resolved.yaml").read_text())
-    cfg["train"]["sharding"] = "fsdp"
-    (two / "resolved.yaml").write_text(yaml.safe_dump(cfg))
+    two = _sharded_copy(one)
     _train(one, 1)
     _train(two, 2)
     ref = _losses(one)

@@ -224,10 +224,35 @@ def loss_position_logits(
     return logits, labels[keep], rows
 
 
-def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], fast: bool = True) -> torch.Tensor:
-    """Summed next-token cross-entropy over positions under the loss (see `loss_position_logits`)."""
-    import torch.nn.functional as F
+def token_loss_sum(
+    model: nn.Module, batch: dict[str, torch.Tensor], fast: bool = True, fused: bool = False
+) -> torch.Tensor:
+    """Summed next-token cross-entropy over positions under the loss (see `loss_position_logits`).
 
+    `fused` (train.kernels: liger, CUDA): the decoder, then Liger's fused head + cross-entropy on the loss
+    positions, so not even their logits are held in memory. Falls back to the logits path where it cannot
+    apply (virtual tokens, a sharded model, an output head that is not a plain Linear)."""
+    import torch.nn.functional as F
+    from torch import nn as _nn
+
+    lm = _causal_lm(model)
+    head = lm.get_output_embeddings()
+    if (
+        fused
+        and fast
+        and not uses_virtual_tokens(model)
+        and getattr(model, SHARDED_LOSS_LOGITS, None) is None
+        and type(head) is _nn.Linear
+    ):
+        from tunesmith.train.kernels import fused_token_loss_sum
+
+        device = lm.get_input_embeddings().weight.device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = batch["labels"][:, 1:]
+        keep = labels != IGNORE
+        hidden = getattr(lm, lm.base_model_prefix)(**_model_inputs(batch)).last_hidden_state
+        cap = getattr(lm.config, "final_logit_softcapping", None)
+        return fused_token_loss_sum(hidden[:, :-1][keep], head, labels[keep], cap)
     logits, targets, _ = loss_position_logits(model, batch, fast)
     return F.cross_entropy(logits.float(), targets, reduction="sum")
 
@@ -260,6 +285,7 @@ def accumulate_step(
     objective: Any = None,
     shard: tuple[int, int] = (0, 1),
     packed: bool = False,
+    fused: bool = False,
     lockstep: bool = False,
 ) -> StepStats:
     """Forward and backward over the micro-batches of one optimizer step; gradients add up in `.grad`.
@@ -292,7 +318,7 @@ def accumulate_step(
             chunk, weight = full[:1], 0.0
         if objective is None:
             batch = collate_packed(chunk, pad_id) if packed else collate(chunk, pad_id)
-            loss_sum = token_loss_sum(model, batch, fast=fast)
+            loss_sum = token_loss_sum(model, batch, fast=fast, fused=fused)
         else:
             batch = objective.collate(chunk, pad_id)
             loss_sum, st = objective.loss_sum(model, batch)

@@ -49,6 +49,7 @@ from tunesmith.train.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from tunesmith.train.kernels import apply_liger_kernels
 from tunesmith.train.methods import (
     apply_method,
     count_parameters,
@@ -249,6 +250,12 @@ def train(
         check_sharding(cfg)
     if not main:  # one process reports; the others train their share quietly
         console = Console(file=io.StringIO())
+    if tc.kernels == "liger":
+        if sharded:
+            raise ValueError(
+                "train.kernels: liger with train.sharding: fsdp is not supported; set one of them to none"
+            )
+        apply_liger_kernels(base_model)
     model = apply_method(base_model, cfg.method, tok)
     if tc.gradient_checkpointing is True if gradient_checkpointing is None else gradient_checkpointing:
         # Non-reentrant: gradients reach adapters of frozen layers (transformers also hooks the inputs).
@@ -378,6 +385,7 @@ def train(
                     objective=objective if tc.objective in ("dpo", "classify") else None,
                     shard=(rank, world),
                     packed=tc.packing,
+                    fused=tc.kernels == "liger",
                     lockstep=sharded,
                 )
             if sharded:  # FSDP summed the gradients in its reduce-scatter

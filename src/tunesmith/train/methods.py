@@ -34,8 +34,16 @@ def has_bitsandbytes() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
-def check_method_available(method: MethodConfig) -> None:
-    """Fail before any model loads when this machine cannot run the method (qlora: CUDA + bitsandbytes)."""
+def check_method_available(method: MethodConfig, kernels: str = "none") -> None:
+    """Fail before any model loads when this machine cannot run the method (qlora: CUDA + bitsandbytes) or
+    the kernels (`train.kernels: liger`: CUDA + liger-kernel)."""
+    from tunesmith.train.kernels import LIGER_FIX, kernels_missing
+
+    missing_kernels = kernels_missing(kernels)
+    if missing_kernels:
+        raise MethodUnavailableError(
+            f"train.kernels: {kernels} cannot run here ({'; '.join(missing_kernels)}); {LIGER_FIX}"
+        )
     if method.name != "qlora":
         return
     import torch

@@ -1,0 +1,65 @@
+"""`train.kernels: liger`: Liger's Triton kernels on CUDA GPUs (RMSNorm, RoPE, SwiGLU, and a fused output
+head + cross-entropy that never materialises the logits). Triton kernels need CUDA: elsewhere the run stops
+before any model loads, with the fix."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+LIGER_FIX = "set train.kernels: none, or run on a CUDA GPU with `pip install liger-kernel`"
+
+
+def kernels_missing(kernels: str) -> list[str]:
+    """What this machine lacks for `train.kernels` (empty: it can run them)."""
+    if kernels != "liger":
+        return []
+    import torch
+
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("no CUDA GPU is visible (Liger's kernels are Triton, CUDA only)")
+    if importlib.util.find_spec("liger_kernel") is None:
+        missing.append("liger-kernel is not installed")
+    return missing
+
+
+def apply_liger_kernels(model: nn.Module) -> None:
+    """Swap the model's RMSNorm, RoPE and SwiGLU MLP for Liger's kernels, in place (before peft wraps it).
+    The output head and loss are fused separately, in `fused_token_loss_sum`."""
+    from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        raise ValueError(
+            f"train.kernels: liger has no kernels for model type {model_type!r} "
+            f"(it has: {', '.join(sorted(MODEL_TYPE_TO_APPLY_LIGER_FN))}); set train.kernels: none"
+        )
+    _apply_liger_kernel_to_instance(
+        model=model,
+        rope=True,
+        rms_norm=True,
+        swiglu=True,
+        cross_entropy=False,
+        fused_linear_cross_entropy=False,
+    )
+
+
+def fused_token_loss_sum(
+    hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, softcap: float | None
+) -> torch.Tensor:
+    """Summed cross-entropy of `head(hidden)` against `targets`, computed chunk by chunk by Liger's fused
+    kernel: the (positions x vocab) logits are never held in memory, and the gradient flows to `hidden`
+    and to the head's weight if it trains."""
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    bias: Any = getattr(head, "bias", None)
+    return liger_fused_linear_cross_entropy(
+        hidden, head.weight, targets, bias=bias, reduction="sum", softcap=softcap
+    )
