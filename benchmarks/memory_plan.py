@@ -66,6 +66,7 @@ def child(method: str, overrides: list[str], ckpt: bool) -> dict[str, Any]:
     from tunesmith.train.plan import DataStats, make_plan, process_rss, target_device
 
     quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
+    overrides = [f"method.name={method}", *overrides]
     cfg = load_config(CONFIG, overrides)
     model_path, tok, data = check_data(cfg, quiet)
     lengths = [len(e.input_ids) for e in data.train.encoded]
@@ -74,14 +75,6 @@ def child(method: str, overrides: list[str], ckpt: bool) -> dict[str, Any]:
     cfg = load_config(CONFIG, [*overrides, f"train.max_steps={steps}", "train.eval_every=100000"])
     rss_before = process_rss()
     plan = make_plan(cfg, model_path, DataStats.from_prepared(data), target_device("cpu"), method, ckpt)
-    if method == "full" and cfg.method.name != "full":
-        # The config schema learns `full` on the methods branch; until then train every weight here.
-        def all_trainable(model: Any, _method: Any) -> Any:
-            for p in model.parameters():
-                p.requires_grad_(True)
-            return model
-
-        loop.apply_method = all_trainable  # type: ignore[assignment]
     model = load_model(model_path)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
