@@ -31,10 +31,12 @@ def kernels_missing(kernels: str) -> list[str]:
 def apply_liger_kernels(model: nn.Module) -> None:
     """Swap the model's RMSNorm, RoPE and SwiGLU MLP for Liger's kernels, in place (before peft wraps it).
     The output head and loss are fused separately, in `fused_token_loss_sum`."""
-    from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
+    from liger_kernel.transformers.monkey_patch import (
+        MODEL_TYPE_TO_APPLY_LIGER_FN,
+        _apply_liger_kernel_to_instance,
+    )
 
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
 
     if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
         raise ValueError(
