@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +140,7 @@ def toy_task_config(
         "train": train,
         "eval": eval,
     }
+
+
+# Two local processes under torchrun (gloo on CPU): the distributed tests' launcher.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import run_dirs
+from helpers import TORCHRUN, run_dirs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,17 +40,7 @@ def test_two_processes_match_one_process(toy_config: Path) -> None:
     single = subprocess.run([*cli, "train", str(one)], capture_output=True, text=True, env=env, timeout=300)
     assert single.returncode == 0, single.stderr
     dist = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--standalone",
-            "-m",
-            "tunesmith.cli",
-            "train",
-            str(two),
-        ],
+        [*TORCHRUN, "-m", "tunesmith.cli", "train", str(two)],
         capture_output=True,
         text=True,
         env=env,

@@ -15,12 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import run_dirs
+from helpers import TORCHRUN, run_dirs
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 CLI = [sys.executable, "-m", "tunesmith.cli"]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
 
 
 def _losses(run_dir: Path) -> list[tuple[float, float | None, float]]:

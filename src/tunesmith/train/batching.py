@@ -235,14 +235,13 @@ def token_loss_sum(
     import torch.nn.functional as F
     from torch import nn as _nn
 
-    lm = _causal_lm(model)
-    head = lm.get_output_embeddings()
+    lm = _causal_lm(model) if fused else None
     if (
-        fused
+        lm is not None
         and fast
         and not uses_virtual_tokens(model)
         and getattr(model, SHARDED_LOSS_LOGITS, None) is None
-        and type(head) is _nn.Linear
+        and type(head := lm.get_output_embeddings()) is _nn.Linear
     ):
         from tunesmith.train.kernels import fused_token_loss_sum
 
