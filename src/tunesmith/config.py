@@ -339,6 +339,13 @@ class TrainConfig(_Strict):
         "with the cross-entropy so the logits are never held in memory); needs `pip install liger-kernel`. "
         "Without CUDA the run stops before any model loads (exit 2) with the fix.",
     )
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto",
+        description="Attention implementation while training. `auto`: flash-attention 2 on a CUDA GPU in bf16 when "
+        "`flash-attn` is installed (packed batches then run variable-length attention, each example on its own, "
+        "no mask built), SDPA elsewhere. `flash_attention_2` without CUDA or flash-attn stops before any model "
+        "loads (exit 2) with the fix.",
+    )
     compile: bool = Field(
         False,
         description="Run the decoder through `torch.compile` (inductor; CPU needs a C++ compiler). The first "

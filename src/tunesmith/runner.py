@@ -254,7 +254,7 @@ def train_run(run_dir: Path, console: Console, resume: bool = False) -> TrainRes
 
 def train_new(cfg: RunConfig, console: Console) -> tuple[Path, TrainResult]:
     """Data stage into a new run directory, then the train stage."""
-    check_method_available(cfg.method, cfg.train.kernels)
+    check_method_available(cfg.method, cfg.train.kernels, cfg.train.attention)
     run_dir, model_path, tok, data, plan = _start_run(cfg, console, refuse_unfit=True)
     return run_dir, _train_stage(cfg, data, model_path, tok, run_dir, console, resume=False, plan=plan)[1]
 
@@ -262,7 +262,7 @@ def train_new(cfg: RunConfig, console: Console) -> tuple[Path, TrainResult]:
 def run_all(cfg: RunConfig, console: Console, resume_dir: Path | None = None) -> RunOutcome:
     """Every stage; `resume_dir`: an unfinished run to continue (training from its latest checkpoint)."""
     # Before any data or model work: a method this machine cannot run (qlora without CUDA) fails now.
-    check_method_available(cfg.method, cfg.train.kernels)
+    check_method_available(cfg.method, cfg.train.kernels, cfg.train.attention)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         raise ValueError(
@@ -319,7 +319,7 @@ def _evaluate(
 def eval_run(run_dir: Path, console: Console) -> RunOutcome:
     """Re-run the eval stage of an existing run from its saved adapter (or model) and test split."""
     cfg = load_run_config(run_dir)
-    check_method_available(cfg.method, cfg.train.kernels)
+    check_method_available(cfg.method, cfg.train.kernels, cfg.train.attention)
     manifest = read_manifest(run_dir)
     saved = run_dir / output_dir_name(cfg.method)
     model: Any

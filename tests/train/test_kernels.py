@@ -33,6 +33,64 @@ def test_liger_without_cuda_fails_with_the_fix(monkeypatch: pytest.MonkeyPatch) 
         check_method_available(LORA, "liger")
 
 
+def test_attention_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers.utils
+
+    from tunesmith.train.precision import PrecisionError
+
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
+    # auto: flash-attention only on CUDA in bf16, never for prefix/prompt tuning; otherwise the model's own.
+    assert kernels.choose_attention("auto", "cuda", "bf16", "lora") == "flash_attention_2"
+    assert kernels.choose_attention("auto", "cpu", "bf16", "lora") is None
+    assert kernels.choose_attention("auto", "cuda", "fp32", "lora") is None
+    assert kernels.choose_attention("auto", "cuda", "bf16", "prefix") is None
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: False)
+    assert kernels.choose_attention("auto", "cuda", "bf16", "lora") is None
+    assert kernels.choose_attention("eager", "cpu", "fp32", "lora") == "eager"
+    with pytest.raises(PrecisionError, match="train.precision: auto or bf16, or train.attention: sdpa"):
+        kernels.choose_attention("flash_attention_2", "cuda", "fp32", "lora")
+
+
+def test_flash_attention_without_cuda_fails_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    check_method_available(LORA, "none", "sdpa")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(MethodUnavailableError) as e:
+        check_method_available(LORA, "none", "flash_attention_2")
+    msg = str(e.value)
+    assert msg.startswith("train.attention: flash_attention_2 cannot run here (no CUDA GPU is visible")
+    assert msg.endswith(
+        "set train.attention: auto or sdpa, or run on a CUDA GPU with `pip install flash-attn`"
+    )
+
+
+def test_training_with_eager_attention_matches_sdpa(toy_config: Path, tokenizer: Any, tmp_path: Path) -> None:
+    """train.attention is set on the model before training: eager and SDPA train the same loss curve."""
+    import io
+    import json
+
+    from rich.console import Console
+
+    from tunesmith.config import load_config
+    from tunesmith.data.pipeline import prepare
+    from tunesmith.models import load_model
+    from tunesmith.train.loop import train
+
+    curves = {}
+    for attention in ("sdpa", "eager"):
+        cfg = load_config(toy_config, [f"train.attention={attention}", "train.max_steps=3"])
+        model = load_model(cfg.model)
+        out = io.StringIO()
+        tuned, _ = train(
+            cfg, prepare(cfg, tokenizer), model, tokenizer, tmp_path / attention, Console(file=out)
+        )
+        assert tuned.get_base_model().config._attn_implementation == attention
+        assert ("attention: eager (train.attention: eager)" in out.getvalue()) == (attention == "eager")
+        lines = (tmp_path / attention / "metrics.jsonl").read_text().splitlines()
+        curves[attention] = [json.loads(x)["loss"] for x in lines]
+    assert len(curves["sdpa"]) == 3
+    assert curves["eager"] == pytest.approx(curves["sdpa"], abs=1e-5)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
 def test_run_with_liger_on_cpu_exits_2_before_any_work(toy_config: Path) -> None:
     r = subprocess.run(

@@ -1,6 +1,11 @@
-"""`train.kernels: liger`: Liger's Triton kernels on CUDA GPUs (RMSNorm, RoPE, SwiGLU, and a fused output
-head + cross-entropy that never materialises the logits). Triton kernels need CUDA: elsewhere the run stops
-before any model loads, with the fix."""
+"""GPU kernels for training, each refused with the fix before any model loads where the machine lacks it.
+
+`train.kernels: liger`: Liger's Triton kernels on CUDA GPUs (RMSNorm, RoPE, SwiGLU, and a fused output
+head + cross-entropy that never materialises the logits).
+
+`train.attention`: the attention implementation. `flash_attention_2` (flash-attn on a CUDA GPU) reads the
+restarting `position_ids` of packed batches (`train.packing`) and runs variable-length attention over each
+example on its own: no block-diagonal mask is built and no compute goes across examples."""
 
 from __future__ import annotations
 
@@ -26,6 +31,48 @@ def kernels_missing(kernels: str) -> list[str]:
     if importlib.util.find_spec("liger_kernel") is None:
         missing.append("liger-kernel is not installed")
     return missing
+
+
+ATTENTION_FIX = "set train.attention: auto or sdpa, or run on a CUDA GPU with `pip install flash-attn`"
+
+
+def attention_missing(attention: str) -> list[str]:
+    """What this machine lacks for `train.attention` (empty: it can run it)."""
+    if attention != "flash_attention_2":
+        return []
+    import torch
+
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("no CUDA GPU is visible (flash-attn is CUDA only)")
+    if importlib.util.find_spec("flash_attn") is None:
+        missing.append("flash-attn is not installed")
+    return missing
+
+
+def choose_attention(requested: str, device_type: str, precision: str, method: str) -> str | None:
+    """The attention implementation to set on the model for training; None keeps the one it loaded with
+    (transformers' default, SDPA).
+
+    `auto`: flash-attention 2 on a CUDA GPU in bf16 when flash-attn is installed (packed batches then run
+    variable-length attention), except for prefix/prompt tuning, whose virtual tokens go through the cache;
+    SDPA everywhere else. An explicit `flash_attention_2` in fp32 is an error: flash-attn computes in
+    16-bit only.
+    """
+    if requested == "auto":
+        if device_type != "cuda" or precision != "bf16" or method in ("prefix", "prompt"):
+            return None
+        from transformers.utils import is_flash_attn_2_available
+
+        return "flash_attention_2" if is_flash_attn_2_available() else None
+    if requested == "flash_attention_2" and precision != "bf16":
+        from tunesmith.train.precision import PrecisionError
+
+        raise PrecisionError(
+            "train.attention: flash_attention_2 computes in bf16 only, and this run's precision is fp32; "
+            "set train.precision: auto or bf16, or train.attention: sdpa"
+        )
+    return requested
 
 
 def apply_liger_kernels(model: nn.Module) -> None:

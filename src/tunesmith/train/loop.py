@@ -49,7 +49,7 @@ from tunesmith.train.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from tunesmith.train.kernels import apply_liger_kernels
+from tunesmith.train.kernels import apply_liger_kernels, choose_attention
 from tunesmith.train.methods import (
     apply_method,
     count_parameters,
@@ -250,6 +250,11 @@ def train(
         check_sharding(cfg)
     if not main:  # one process reports; the others train their share quietly
         console = Console(file=io.StringIO())
+    precision = precision or resolve_precision(tc.precision, accelerator.device.type)
+    attention = choose_attention(tc.attention, accelerator.device.type, precision, cfg.method.name)
+    if attention is not None and attention != getattr(base_model.config, "_attn_implementation", None):
+        base_model.set_attn_implementation(attention)
+        console.print(f"attention: {attention} (train.attention: {tc.attention})")
     if tc.kernels == "liger":
         if sharded:
             raise ValueError(
@@ -264,7 +269,6 @@ def train(
         )
     if tc.compile:
         compile_decoder(model, sharded)
-    precision = precision or resolve_precision(tc.precision, accelerator.device.type)
     autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     trainable, total = count_parameters(model)
     console.print(describe_parameters(cfg.method.name, trainable, total))

@@ -34,15 +34,21 @@ def has_bitsandbytes() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
-def check_method_available(method: MethodConfig, kernels: str = "none") -> None:
-    """Fail before any model loads when this machine cannot run the method (qlora: CUDA + bitsandbytes) or
-    the kernels (`train.kernels: liger`: CUDA + liger-kernel)."""
-    from tunesmith.train.kernels import LIGER_FIX, kernels_missing
+def check_method_available(method: MethodConfig, kernels: str = "none", attention: str = "auto") -> None:
+    """Fail before any model loads when this machine cannot run the method (qlora: CUDA + bitsandbytes),
+    the kernels (`train.kernels: liger`: CUDA + liger-kernel) or the attention (`train.attention:
+    flash_attention_2`: CUDA + flash-attn)."""
+    from tunesmith.train.kernels import ATTENTION_FIX, LIGER_FIX, attention_missing, kernels_missing
 
     missing_kernels = kernels_missing(kernels)
     if missing_kernels:
         raise MethodUnavailableError(
             f"train.kernels: {kernels} cannot run here ({'; '.join(missing_kernels)}); {LIGER_FIX}"
+        )
+    missing_attention = attention_missing(attention)
+    if missing_attention:
+        raise MethodUnavailableError(
+            f"train.attention: {attention} cannot run here ({'; '.join(missing_attention)}); {ATTENTION_FIX}"
         )
     if method.name != "qlora":
         return
