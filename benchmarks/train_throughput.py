@@ -24,9 +24,15 @@ the report takes each arm's median. Figures:
                   4N + 6N_lora (forward and input-gradients through every weight, weight-gradients only for
                   the adapters), N counting the output head once and no embedding lookup.
   final loss      both final models scored by the same function (`tunesmith.train.loop.evaluate_loss`) on
-                  the same held-out split, plus each arm's mean train loss over its last 10 steps.
+                  the same held-out split, plus each arm's mean train loss over its last 10 steps. With
+                  `--seeds`, the mean over seeds. A short arm's loss is compared with a tunesmith run of
+                  the same number of steps (`tunesmith@N`).
 
     PYTHONPATH=src .venv/bin/python benchmarks/train_throughput.py [--steps 40] [--repeats 3]
+    # as in the README: TRL's defaults for 8 steps (bf16 emulated on a CPU without it), the rest for 40 steps
+    # over 3 seeds (one seed's data order moves the held-out loss by a few percent)
+    PYTHONPATH=src .venv/bin/python benchmarks/train_throughput.py --repeats 1 --short-arms trl --short-steps 8 \
+        --seeds 0 1 2
     # GPU, a random model of a real shape at 2048 tokens (weights do not change speed):
     PYTHONPATH=src python benchmarks/train_throughput.py --device cuda --shape llama-3.2-1b --seq-len 2048
 
@@ -415,8 +421,8 @@ def main() -> None:
         nargs="*",
         default=[],
         choices=ARMS,
-        help="Arms too slow for --steps here (TRL's defaults on a CPU without bf16): --short-steps steps, for "
-        "speed and memory only; their loss is not compared.",
+        help="Arms too slow for --steps here (TRL's defaults on a CPU without bf16): --short-steps steps. Their "
+        "loss is compared with one more tunesmith run of --short-steps (reported as tunesmith@N).",
     )
     ap.add_argument("--short-steps", type=int, default=4)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -427,6 +433,23 @@ def main() -> None:
     ap.add_argument(
         "--default-malloc", action="store_true", help="tunesmith arm: leave glibc's malloc tuning alone."
     )
+    ap.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="Train every arm once per seed (train.seed; data order and adapter init). The held-out loss is "
+        "compared as the mean over seeds: one seed's data order alone moves it by a few percent.",
+    )
+    ap.add_argument(
+        "--first-seed-arms",
+        nargs="*",
+        default=["tunesmith-compact"],
+        choices=ARMS,
+        help="With --seeds: arms that run for the first seed only (speed and memory figures; their arithmetic is "
+        "another arm's). The --short-arms always do.",
+    )
+    ap.add_argument("--out", type=Path, help="Write the JSON here (default: benchmarks/results/...).")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -435,27 +458,48 @@ def main() -> None:
 
     import torch
 
-    runs: dict[str, list[dict[str, Any]]] = {a: [] for a in args.arms}
-    for rep in range(args.repeats):
-        order = args.arms if rep % 2 == 0 else list(reversed(args.arms))
-        for arm in order:
-            steps = args.short_steps if arm in args.short_arms else args.steps
+    # A short arm's loss is compared with tunesmith's at the same number of steps: one more (cheap) tunesmith
+    # run of --short-steps, labelled "tunesmith@N". Its loss stands for every tunesmith arm (the heap policy
+    # changes speed and memory, not the arithmetic).
+    labels = list(args.arms)
+    short_label = f"tunesmith@{args.short_steps}"
+    if any(a in args.short_arms for a in args.arms) and any(
+        a.startswith("tunesmith") and a not in args.short_arms for a in args.arms
+    ):
+        labels.append(short_label)
+    runs: dict[str, list[dict[str, Any]]] = {a: [] for a in labels}
+
+    def steps_of(label: str) -> int:
+        return args.short_steps if label in args.short_arms or "@" in label else args.steps
+
+    seeds: list[int | None] = list(args.seeds) if args.seeds else [None]
+    rounds = [(seed, rep) for seed in seeds for rep in range(args.repeats)]  # (seed, repeat)
+    for n, (seed, _rep) in enumerate(rounds):
+        order = labels if n % 2 == 0 else list(reversed(labels))
+        for label in order:
+            arm, steps = label.split("@")[0], steps_of(label)
+            first_seed_only = arm in args.first_seed_arms or steps != args.steps
+            if first_seed_only and seed != seeds[0]:
+                continue
             cmd = [sys.executable, __file__, "--child", arm, "--steps", str(steps), "--device", args.device]
             if args.shape:
                 cmd += ["--shape", args.shape, "--seq-len", str(args.seq_len)]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
-            if args.override:
-                cmd += ["--override", *args.override]
+            overrides = [*args.override, *([f"train.seed={seed}"] if seed is not None else [])]
+            if overrides:
+                cmd += ["--override", *overrides]
             env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
-                raise SystemExit(f"{arm}: failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+                raise SystemExit(f"{label}: failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
             r = json.loads(lines[-1][len("RESULT ") :])
-            runs[arm].append(r)
+            r["seed"] = seed
+            runs[label].append(r)
             print(
-                f"[{rep + 1}/{args.repeats}] {arm:18s} {r['real_tokens_per_s']:9.1f} real tok/s  "
+                f"[{n + 1}/{len(rounds)}{'' if seed is None else f' seed {seed}'}] {label:18s} "
+                f"{r['real_tokens_per_s']:9.1f} real tok/s  "
                 f"peak {r['peak_memory'] / 2**30:.2f} GiB  held-out loss {r['heldout_loss']:.4f}  "
                 f"({r['seconds']:.1f} s)",
                 flush=True,
@@ -465,16 +509,25 @@ def main() -> None:
     summary: dict[str, dict[str, Any]] = {}
     for arm, rs in runs.items():
         tps = median_of(rs, "real_tokens_per_s")
+        by_seed = {
+            seed: median_of([r for r in rs if r["seed"] == seed], "heldout_loss")
+            for seed in seeds
+            if any(r["seed"] == seed for r in rs)
+        }
         summary[arm] = {
             "real_tokens_per_s": round(tps, 1),
             "real_tokens_per_s_runs": [round(r["real_tokens_per_s"], 1) for r in rs],
             "peak_memory_bytes": int(median_of(rs, "peak_memory")),
             "mfu": round(tps * rs[0]["flops_per_token"] / peak, 4),
-            "heldout_loss": round(median_of(rs, "heldout_loss"), 4),
+            # Per seed the median over repeats (the loss of a seed is deterministic up to float noise),
+            # then the mean over seeds.
+            "heldout_loss": round(statistics.mean(by_seed.values()), 4),
+            "heldout_loss_by_seed": {str(k): round(v, 4) for k, v in by_seed.items()},
+            "heldout_loss_stdev": round(statistics.stdev(by_seed.values()), 4) if len(by_seed) > 1 else None,
             "train_loss_last10": round(median_of(rs, "train_loss_last10"), 4),
             "seconds": round(median_of(rs, "seconds"), 1),
             "real_tokens": rs[0]["real_tokens"],
-            "steps": args.short_steps if arm in args.short_arms else args.steps,
+            "steps": steps_of(arm),
             "settings": rs[0]["settings"],
         }
     comparisons: dict[str, Any] = {}
@@ -485,13 +538,22 @@ def main() -> None:
                 if mine not in summary:
                     continue
                 ours = summary[mine]
-                same_steps = ours["steps"] == theirs["steps"]
+                # The loss at the peer's number of steps: this arm's own run, or tunesmith@N for a short peer.
+                # A first-seed-only arm's loss is tunesmith's (the heap policy does not change the arithmetic).
+                same_math = "tunesmith" if mine in args.first_seed_arms and "tunesmith" in summary else mine
+                loss_arm = same_math if ours["steps"] == theirs["steps"] else short_label
+                loss = (
+                    summary.get(loss_arm)
+                    if summary.get(loss_arm, {}).get("steps") == theirs["steps"]
+                    else None
+                )
                 comparisons[f"{mine}_vs_{peer}"] = {
                     "speedup": round(ours["real_tokens_per_s"] / theirs["real_tokens_per_s"], 3),
                     "memory_ratio": round(ours["peak_memory_bytes"] / theirs["peak_memory_bytes"], 3),
-                    "heldout_loss_rel_diff": round(ours["heldout_loss"] / theirs["heldout_loss"] - 1, 4)
-                    if same_steps
+                    "heldout_loss_rel_diff": round(loss["heldout_loss"] / theirs["heldout_loss"] - 1, 4)
+                    if loss
                     else None,
+                    "loss_compared_at_steps": theirs["steps"] if loss else None,
                 }
 
     print()
@@ -508,7 +570,7 @@ def main() -> None:
         print(
             f"{name}: {c['speedup']:.2f}x real tokens/s, memory {c['memory_ratio']:.2f}x, "
             + (
-                f"held-out loss {100 * loss:+.2f}%"
+                f"held-out loss {100 * loss:+.2f}% (after {c['loss_compared_at_steps']} steps)"
                 if loss is not None
                 else "(fewer steps: loss not compared)"
             )
@@ -520,7 +582,7 @@ def main() -> None:
     if Path("/proc/cpuinfo").is_file():
         flags = Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split()
         cpu_flags = " ".join(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16"))
-    out = RESULTS / f"train_throughput-{args.device}{'-' + args.shape if args.shape else ''}.json"
+    out = args.out or RESULTS / f"train_throughput-{args.device}{'-' + args.shape if args.shape else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     from tunesmith.io import atomic_write_text
 
@@ -533,6 +595,7 @@ def main() -> None:
                 "config": str(CONFIG.relative_to(ROOT)),
                 "steps": args.steps,
                 "repeats": args.repeats,
+                "seeds": args.seeds,
                 "shape": args.shape or "SmolLM2-135M-Instruct (pretrained)",
                 "seq_len": args.seq_len if args.shape else None,
                 "overrides": args.override,
