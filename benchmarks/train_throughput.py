@@ -2,8 +2,8 @@
 
 Both arms train the same model with the same LoRA settings on the same tokenized examples (the support-tickets
 example's train split, tokenized once by tunesmith, loss on the assistant turns in both: TRL gets `input_ids`
-and `completion_mask`), with the same learning rate, schedule (linear warm-up, cosine to 10%), batch size,
-seed and number of optimizer steps. What differs is only what each does by default to go fast or slow:
+and `completion_mask`), with the same learning rate and per-step schedule (linear warm-up, cosine to 10%; TRL
+is given tunesmith's `get_lr`, see `SameSchedule`), batch size, seed and number of optimizer steps. What differs is only what each does by default to go fast or slow:
 
   trl            `SFTTrainer` + `SFTConfig` defaults for everything else (the peer a user would pick:
                  gradient checkpointing on, bf16 on, batches padded to their longest example, full-sequence
@@ -290,6 +290,7 @@ def run_trl(args: argparse.Namespace, tuned: bool) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     from tunesmith.data.tokenize import IGNORE
+    from tunesmith.train.batching import get_lr
     from tunesmith.train.precision import resolve_precision
 
     cfg, tok, data, model_path = load_setup(args)
@@ -317,9 +318,6 @@ def run_trl(args: argparse.Namespace, tuned: bool) -> dict[str, Any]:
             per_device_train_batch_size=tc.batch_size,
             gradient_accumulation_steps=tc.grad_accum,
             learning_rate=tc.lr,
-            lr_scheduler_type="cosine_with_min_lr",
-            lr_scheduler_kwargs={"min_lr_rate": tc.min_lr_ratio},
-            warmup_steps=int(round(tc.warmup_ratio * tc.max_steps)),
             weight_decay=tc.weight_decay,
             max_grad_norm=tc.max_grad_norm,
             seed=tc.seed,
@@ -340,7 +338,24 @@ def run_trl(args: argparse.Namespace, tuned: bool) -> dict[str, Any]:
             target_modules="all-linear" if mc.target_modules is None else mc.target_modules,
             task_type="CAUSAL_LM",
         )
-        trainer = SFTTrainer(
+        warmup = int(round(tc.warmup_ratio * tc.max_steps))
+
+        class SameSchedule(SFTTrainer):  # type: ignore[misc]
+            """tunesmith's per-step learning rates (`get_lr`). transformers' warm-up starts at 0, so its first
+            optimizer step changes nothing and every later step runs one warm-up step behind. Measured, 8 steps
+            of trl-tuned: held-out loss 1.2901 with transformers' schedule, 1.1476 with this one (tunesmith's
+            own: 1.1468)."""
+
+            def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+                if self.lr_scheduler is None:
+                    self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                        optimizer or self.optimizer,
+                        lambda s: get_lr(s, tc.max_steps, warmup, 1.0, tc.min_lr_ratio),
+                    )
+                    self._created_lr_scheduler = True
+                return self.lr_scheduler
+
+        trainer = SameSchedule(
             model=model,
             args=sft_args,
             train_dataset=Dataset.from_list(rows),
