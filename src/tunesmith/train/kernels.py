@@ -17,37 +17,33 @@ if TYPE_CHECKING:
     from torch import nn
 
 LIGER_FIX = "set train.kernels: none, or run on a CUDA GPU with `pip install liger-kernel`"
+ATTENTION_FIX = "set train.attention: auto or sdpa, or run on a CUDA GPU with `pip install flash-attn`"
+
+
+def cuda_package_missing(module: str, package: str, why_cuda: str) -> list[str]:
+    """What this machine lacks of a CUDA GPU and `package` (importable as `module`); empty: nothing."""
+    import torch
+
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append(f"no CUDA GPU is visible ({why_cuda})")
+    if importlib.util.find_spec(module) is None:
+        missing.append(f"{package} is not installed")
+    return missing
 
 
 def kernels_missing(kernels: str) -> list[str]:
     """What this machine lacks for `train.kernels` (empty: it can run them)."""
     if kernels != "liger":
         return []
-    import torch
-
-    missing = []
-    if not torch.cuda.is_available():
-        missing.append("no CUDA GPU is visible (Liger's kernels are Triton, CUDA only)")
-    if importlib.util.find_spec("liger_kernel") is None:
-        missing.append("liger-kernel is not installed")
-    return missing
-
-
-ATTENTION_FIX = "set train.attention: auto or sdpa, or run on a CUDA GPU with `pip install flash-attn`"
+    return cuda_package_missing("liger_kernel", "liger-kernel", "Liger's kernels are Triton, CUDA only")
 
 
 def attention_missing(attention: str) -> list[str]:
     """What this machine lacks for `train.attention` (empty: it can run it)."""
     if attention != "flash_attention_2":
         return []
-    import torch
-
-    missing = []
-    if not torch.cuda.is_available():
-        missing.append("no CUDA GPU is visible (flash-attn is CUDA only)")
-    if importlib.util.find_spec("flash_attn") is None:
-        missing.append("flash-attn is not installed")
-    return missing
+    return cuda_package_missing("flash_attn", "flash-attn", "flash-attn is CUDA only")
 
 
 def choose_attention(requested: str, device_type: str, precision: str, method: str) -> str | None:
