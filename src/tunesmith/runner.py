@@ -31,7 +31,7 @@ from tunesmith.eval.report import build_report
 from tunesmith.models import load_classifier, load_model, load_tokenizer, resolve_model
 from tunesmith.registry import init_manifest, mark_stage, new_run_dir, read_manifest
 from tunesmith.train.loop import TrainResult, train
-from tunesmith.train.methods import PEFT_METHODS, check_method_available, output_dir_name
+from tunesmith.train.methods import PEFT_METHODS, check_method_available, load_adapter, output_dir_name
 from tunesmith.train.plan import DataStats, Plan, PlanError, make_plan, plans_table, target_device
 
 
@@ -324,13 +324,11 @@ def eval_run(run_dir: Path, console: Console) -> RunOutcome:
     saved = run_dir / output_dir_name(cfg.method)
     model: Any
     if cfg.method.name in PEFT_METHODS:
-        from peft import PeftModel
-
         if not (saved / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{saved} has no adapter; run `tunesmith train` first")
         tok = load_tokenizer(str(saved))
         labels = _preflight(run_dir).get("class_labels")
-        model = PeftModel.from_pretrained(_load_base(cfg, manifest["model_path"], labels), str(saved))
+        model = load_adapter(_load_base(cfg, manifest["model_path"], labels), saved)
     else:
         if not (saved / "config.json").is_file():
             raise FileNotFoundError(f"{saved} has no model; run `tunesmith train` first")

@@ -35,15 +35,13 @@ class ExportVerificationError(ExportError):
 def _load_reference(cfg: Any, manifest: dict[str, Any], run_dir: Path) -> Any:
     """The trained model as training left it: base + adapter (unmerged), or the full fine-tune's weights."""
     from tunesmith.models import load_model
-    from tunesmith.train.methods import PEFT_METHODS, output_dir_name
+    from tunesmith.train.methods import PEFT_METHODS, load_adapter, output_dir_name
 
     saved = run_dir / output_dir_name(cfg.method)
     if cfg.method.name in PEFT_METHODS:
-        from peft import PeftModel
-
         if not (saved / "adapter_config.json").is_file():
             raise ExportError(f"{saved} has no adapter; train the run first")
-        return PeftModel.from_pretrained(load_model(manifest["model_path"]), str(saved))
+        return load_adapter(load_model(manifest["model_path"]), saved)
     if not (saved / "config.json").is_file():
         raise ExportError(f"{saved} has no model; train the run first")
     return load_model(str(saved))
@@ -52,7 +50,7 @@ def _load_reference(cfg: Any, manifest: dict[str, Any], run_dir: Path) -> Any:
 def merge(cfg: Any, manifest: dict[str, Any], run_dir: Path) -> Any:
     """A standalone model with the adapter folded in: a fresh base load, the saved adapter, merge_and_unload."""
     from tunesmith.models import load_model
-    from tunesmith.train.methods import MERGEABLE, PEFT_METHODS, output_dir_name
+    from tunesmith.train.methods import MERGEABLE, PEFT_METHODS, load_adapter, output_dir_name
 
     saved = run_dir / output_dir_name(cfg.method)
     if cfg.method.name not in PEFT_METHODS:
@@ -62,10 +60,7 @@ def merge(cfg: Any, manifest: dict[str, Any], run_dir: Path) -> Any:
             f"method {cfg.method.name!r} cannot be merged into the base weights "
             "(prefix/prompt change the input, qlora's base is 4-bit); export it with --format adapter"
         )
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(load_model(manifest["model_path"]), str(saved))
-    return model.merge_and_unload()
+    return load_adapter(load_model(manifest["model_path"]), saved).merge_and_unload()
 
 
 def _integrity(manifest: dict[str, Any], run_dir: Path, saved_name: str) -> dict[str, Any]:
@@ -150,7 +145,7 @@ def export_run(
     from tunesmith.models import load_model, load_tokenizer
     from tunesmith.registry import hash_tree, mark_stage, read_manifest
     from tunesmith.runner import load_run_config
-    from tunesmith.train.methods import PEFT_METHODS, output_dir_name
+    from tunesmith.train.methods import PEFT_METHODS, load_adapter, output_dir_name
 
     console = console or Console(stderr=True)
     merge_fn = merge_fn or merge
@@ -191,16 +186,12 @@ def export_run(
             tolerance = TOLERANCES["fp32"]
         elif fmt == "adapter":
             shutil.copytree(run_dir / saved_name, tmp, dirs_exist_ok=True)
-            from peft import PeftModel
-
-            exported = PeftModel.from_pretrained(load_model(manifest["model_path"]), str(tmp))
+            exported = load_adapter(load_model(manifest["model_path"]), tmp)
             tolerance = TOLERANCES["fp32"]
         elif fmt == "vllm":
             report["command"] = _write_vllm(tmp, cfg, manifest, run_dir, tok, served_name)
             if (tmp / "adapter").is_dir():
-                from peft import PeftModel
-
-                exported = PeftModel.from_pretrained(load_model(manifest["model_path"]), str(tmp / "adapter"))
+                exported = load_adapter(load_model(manifest["model_path"]), tmp / "adapter")
             else:
                 exported = load_model(str(tmp / "model"))
             tolerance = TOLERANCES["fp32"]

@@ -103,11 +103,11 @@ class Engine:
             self.model: Any = full_model.to(self.device)
             names: list[str | None] = [None]
         else:
-            from peft import PeftModel
+            from tunesmith.train.methods import load_adapter
 
             base = load_model(next(iter(bases)))
             adapter_names = [f"run{i}" for i in range(len(runs))]
-            model = PeftModel.from_pretrained(base, str(runs[0][3]), adapter_name=adapter_names[0])
+            model = load_adapter(base, runs[0][3], adapter_name=adapter_names[0])
             for name, (_, _, _, saved) in zip(adapter_names[1:], runs[1:], strict=True):
                 model.load_adapter(str(saved), adapter_name=name)
             names = [*adapter_names]
@@ -171,7 +171,7 @@ class Engine:
                 yield nxt
                 out = self.model(
                     input_ids=torch.tensor([[nxt]], device=self.device),
-                    past_key_values=out.past_key_values,
+                    cache=out.cache,
                     use_cache=True,
                 )
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import MethodConfig
 from tunesmith.io import atomic_dir
+from tunesmith.train.prefix import adapt_peft_model
 
 if TYPE_CHECKING:
     from peft import PeftConfig
@@ -168,7 +169,14 @@ def apply_method(
         _check_ia3_defaults(model, method)
     tokenizer_path = getattr(tokenizer, "name_or_path", None) if tokenizer is not None else None
     classification = type(model).__name__.endswith("ForSequenceClassification")
-    return get_peft_model(model, peft_config(method, tokenizer_path, classification))
+    return adapt_peft_model(get_peft_model(model, peft_config(method, tokenizer_path, classification)))
+
+
+def load_adapter(base: nn.Module, path: str | Path, adapter_name: str = "default") -> Any:
+    """A saved adapter onto `base` (PeftModel.from_pretrained), prefix tuning adapted as in training."""
+    from peft import PeftModel
+
+    return adapt_peft_model(PeftModel.from_pretrained(base, str(path), adapter_name=adapter_name))
 
 
 def _numel(p: Any) -> int:
