@@ -35,8 +35,11 @@ demo: setup
 
 test: setup pytest
 
+# One pytest worker per core (pytest-xdist); worksteal hands a finished worker the queue of a busy one, so
+# no long end-to-end test is left to run alone at the end. TEST_JOBS=0 runs everything in this process.
+TEST_JOBS ?= auto
 pytest:
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples scripts

@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from helpers import make_label_rows, toy_task_config, write_jsonl
+from helpers import make_label_rows, toy_task_config, write_jsonl, write_toy_config
+from tunesmith.io import usable_cpus
+
+# Under pytest-xdist (`make test`: one worker per core) each worker's torch, and the CLI processes its
+# tests start, get their share of the CPUs. With every process on every core, OpenMP threads spin waiting
+# for each other: measured here, two workers then used more CPU time than one process did.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // _WORKERS)))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -72,29 +80,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> 
 @pytest.fixture
 def toy_config(tmp_path: Path, tiny_model_dir: Path) -> Path:
     """A complete config on the toy task with the tiny model; a few steps run in seconds."""
-    import yaml
-
-    write_jsonl(tmp_path / "data.jsonl", make_label_rows(80))
-    cfg = toy_task_config(
-        tmp_path,
-        tiny_model_dir,
-        train={
-            "lr": 5e-3,
-            "max_steps": 6,
-            "batch_size": 4,
-            "grad_accum": 2,
-            "max_length": 128,
-            "eval_every": 3,
-        },
-        eval={
-            "metrics": ["accuracy", "exact_match", "token_f1", "rouge_l"],
-            "max_new_tokens": 4,
-            "batch_size": 8,
-        },
-    )
-    path = tmp_path / "tunesmith.yaml"
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    return path
+    return write_toy_config(tmp_path, tiny_model_dir)
 
 
 def toy_run_config(root: Path, model_dir: Path, **train: Any) -> dict[str, Any]:

@@ -118,6 +118,20 @@ class ServerProcess:
         self.stop()
 
 
+def cli_here(*args: str) -> Any:
+    """`tunesmith ARGS` in this process (its imports are warm: a new process spends ~10 s importing
+    transformers): a CompletedProcess with the exit code, stdout and stderr the command would give. For
+    set-up steps and commands whose process boundary is not what a test checks."""
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    res = CliRunner().invoke(app, list(args))
+    return subprocess.CompletedProcess(list(args), res.exit_code, res.stdout, res.stderr)
+
+
 def run_dirs(runs: Path) -> list[Path]:
     """The run directories in a runs folder (it also holds the registry index, registry.sqlite)."""
     return sorted(p for p in runs.iterdir() if (p / "manifest.json").is_file())
@@ -144,3 +158,30 @@ def toy_task_config(
 
 # Two local processes under torchrun (gloo on CPU): the distributed tests' launcher.
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+
+
+def write_toy_config(root: Path, model_dir: Path) -> Path:
+    """A complete config on the toy task with the tiny model in `root`; a few steps run in seconds."""
+    import yaml
+
+    write_jsonl(root / "data.jsonl", make_label_rows(80))
+    cfg = toy_task_config(
+        root,
+        model_dir,
+        train={
+            "lr": 5e-3,
+            "max_steps": 6,
+            "batch_size": 4,
+            "grad_accum": 2,
+            "max_length": 128,
+            "eval_every": 3,
+        },
+        eval={
+            "metrics": ["accuracy", "exact_match", "token_f1", "rouge_l"],
+            "max_new_tokens": 4,
+            "batch_size": 8,
+        },
+    )
+    path = root / "tunesmith.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path

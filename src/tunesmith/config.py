@@ -287,7 +287,11 @@ class TrainConfig(_Strict):
     eval_every: int = Field(
         20, gt=0, description="Compute validation loss every N optimizer steps (and at the end)."
     )
-    threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: all cores).")
+    threads: int | None = Field(
+        None,
+        gt=0,
+        description="CPU threads for torch (default: OMP_NUM_THREADS when set, else every CPU this process may use).",
+    )
     group_by_length: bool = Field(
         True,
         description="Batch examples of similar length together (less padding, same randomness across windows).",

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written file (temp file in the same folder + rename)."""
+"""Atomic file writes: a reader never sees a half-written file (temp file in the same folder + rename);
+and how many CPUs this process may use."""
 
 from __future__ import annotations
 
@@ -76,3 +77,18 @@ def sqlite_write(path: str | Path, setup: str | None = None) -> Iterator[sqlite3
             raise
     finally:
         db.close()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: honours taskset and cgroup pinning, which os.cpu_count() ignores."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """torch's CPU threads when `train.threads` is unset: OMP_NUM_THREADS when set (a job scheduler's, or a
+    user's, share of the machine; torch itself reads it), else every usable CPU."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(env) if env.isdigit() and int(env) > 0 else usable_cpus()

@@ -21,6 +21,7 @@ from tunesmith.data.pipeline import (
     encode_split,
     prepare,
     read_prepared_examples,
+    read_splits,
     write_prepared,
 )
 from tunesmith.data.report import print_preflight, write_preflight_html
@@ -48,6 +49,11 @@ class RunOutcome:
 def check_data(cfg: RunConfig, console: Console) -> tuple[str, Any, PreparedData]:
     """Resolve the model's tokenizer and validate + tokenize all data. Raises DataError; writes nothing."""
     model_path = resolve_model(cfg.model, runs_dir=cfg.runs_dir)
+    key = data_cache.cache_key(cfg, model_path)
+    cached = data_cache.load(key) if cfg.data.cache else None
+    # Parse and validate before the tokenizer loads (importing transformers takes seconds): a bad line is
+    # reported at once.
+    clean = read_splits(cfg) if cached is None else None
     tok = load_tokenizer(model_path)
     from transformers import GenerationConfig
 
@@ -55,13 +61,11 @@ def check_data(cfg: RunConfig, console: Console) -> tuple[str, Any, PreparedData
         gen_cfg = GenerationConfig.from_pretrained(model_path)
     except OSError:
         gen_cfg = None
-    key = data_cache.cache_key(cfg, model_path)
-    cached = data_cache.load(key) if cfg.data.cache else None
     if cached is not None:
         data = cached
         console.print(f"data: unchanged since a previous run, prepared splits reused (cache {key})")
     else:
-        data = prepare(cfg, tok, gen_cfg)
+        data = prepare(cfg, tok, gen_cfg, clean)
         data.preflight["cache"] = {"hit": False, "key": key}
         if cfg.data.cache:
             data_cache.save(data, key)

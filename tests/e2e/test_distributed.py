@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import TORCHRUN, run_dirs
+from helpers import TORCHRUN, cli_here, run_dirs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ def test_two_processes_match_one_process(toy_config: Path) -> None:
     toy_config.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cli = [sys.executable, "-m", "tunesmith.cli"]
-    prep = subprocess.run([*cli, "data", "prepare", str(toy_config)], capture_output=True, text=True, env=env)
+    prep = cli_here("data", "prepare", str(toy_config))
     assert prep.returncode == 0, prep.stderr
     (one,) = run_dirs(toy_config.parent / "runs")
     two = one.with_name(one.name + "-ddp")

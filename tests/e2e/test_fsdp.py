@@ -15,12 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import TORCHRUN, run_dirs
+from helpers import TORCHRUN, cli_here, run_dirs, write_toy_config
 from tunesmith.train.precision import cpu_has_bf16
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-CLI = [sys.executable, "-m", "tunesmith.cli"]
 
 
 def _losses(run_dir: Path) -> list[tuple[float, float | None, float]]:
@@ -47,7 +46,7 @@ def _prepare(toy_config: Path, method: dict[str, Any] | None = None, **train: An
     if method:
         cfg["method"] = method
     toy_config.write_text(yaml.safe_dump(cfg))
-    prep = subprocess.run([*CLI, "data", "prepare", str(toy_config)], capture_output=True, text=True, env=ENV)
+    prep = cli_here("data", "prepare", str(toy_config))
     assert prep.returncode == 0, prep.stderr
     (run_dir,) = run_dirs(toy_config.parent / "runs")
     return run_dir
@@ -129,14 +128,23 @@ def test_fsdp_lora_matches_one_process_with_a_one_example_tail(toy_config: Path)
     assert float((ref - got).abs().max()) < 1e-4
 
 
-@pytest.mark.timeout(600)
-def test_fsdp_full_matches_one_process_and_saves_the_same_model(toy_config: Path) -> None:
-    one = _prepare(toy_config, method={"name": "full"}, batch_size=5, grad_accum=2, lr=1e-3)
+@pytest.fixture(scope="module")
+def full_runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, Path]:
+    """One full fine-tune (two optimizer parameter groups: weights with decay, norms without; every weight
+    trained) on one process and on two (FSDP), checkpointing every 2 steps. Shared by the tests below,
+    which only read these runs or copy them."""
+    toy_config = write_toy_config(tmp_path_factory.mktemp("fsdp-full"), tiny_model_dir)
+    one = _prepare(toy_config, method={"name": "full"}, batch_size=5, grad_accum=2, lr=1e-3, save_every=2)
     two = _sharded_copy(one)
-
     _train(one, 1)
     dist = _train(two, 2)
     _assert_sharded(dist.stderr)
+    return one, two
+
+
+@pytest.mark.timeout(600)
+def test_fsdp_full_matches_one_process_and_saves_the_same_model(full_runs: tuple[Path, Path]) -> None:
+    one, two = full_runs
     a, b = _losses(one), _losses(two)
     print("full: max |loss diff|", _assert_same_curve(a, b))
 
@@ -178,12 +186,8 @@ def test_fsdp_bf16_autocast_follows_the_one_process_curve(toy_config: Path) -> N
 
 
 @pytest.mark.timeout(600)
-def test_fsdp_checkpoints_resume_sharded_and_in_one_process(toy_config: Path) -> None:
-    # Full fine-tune: two optimizer parameter groups (weights with decay, norms without), all weights trained.
-    one = _prepare(toy_config, method={"name": "full"}, batch_size=5, grad_accum=2, lr=1e-3, save_every=2)
-    two = _sharded_copy(one)
-    _train(one, 1)
-    _train(two, 2)
+def test_fsdp_checkpoints_resume_sharded_and_in_one_process(full_runs: tuple[Path, Path]) -> None:
+    one, two = full_runs  # resumed below as copies (_resume_from_step_2): the shared runs stay as trained
     ref = _losses(one)
     _assert_same_curve(ref, _losses(two))
     # The checkpoints are the one-process format: the same files, names and shapes.

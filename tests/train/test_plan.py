@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from helpers import cli_here
 from tunesmith.config import load_config
 from tunesmith.data.pipeline import prepare
 from tunesmith.models import load_model
@@ -189,21 +190,22 @@ def test_run_refuses_an_impossible_plan_before_loading_weights(toy_config: Path,
     assert "TUNESMITH_MEMORY_LIMIT=64MiB" in err
     assert not (toy_config.parent / "runs").exists()
 
-    proc = _cli("plan", str(toy_config), "--json", "--method", "full", "--method", "lora")
+    # The plan commands: in this process, as they load no weights and the refusal above ran as a real one.
+    proc = cli_here("plan", str(toy_config), "--json", "--method", "full", "--method", "lora")
     assert proc.returncode == 0, proc.stderr
     plans = json.loads(proc.stdout)
     assert [p["method"] for p in plans] == ["full", "lora"] and all(p["fits"] for p in plans)
     assert plans[0]["memory"]["optimizer"] > plans[1]["memory"]["optimizer"]
-    proc = _cli("plan", str(toy_config), "--gpu", "h100", "train.precision=bf16")
+    proc = cli_here("plan", str(toy_config), "--gpu", "h100", "train.precision=bf16")
     assert proc.returncode == 0, proc.stderr
     assert "bf16" in proc.stderr and "fits" in proc.stderr
-    proc = _cli("plan", str(toy_config), "train.precision=bf16")
+    proc = cli_here("plan", str(toy_config), "train.precision=bf16")
     if not cpu_has_bf16():
         assert proc.returncode == 3 and "bf16 is not supported" in proc.stderr
 
 
 def test_prepared_run_records_the_plan(toy_config: Path) -> None:
-    proc = _cli("data", "prepare", str(toy_config))
+    proc = cli_here("data", "prepare", str(toy_config))
     assert proc.returncode == 0, proc.stderr
     run = Path(proc.stdout.strip().splitlines()[-1])
     manifest = json.loads((run / "manifest.json").read_text())

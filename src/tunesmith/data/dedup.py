@@ -52,6 +52,8 @@ import numpy as np
 from datasketch import MinHash, MinHashLSH
 from datasketch.storage import UnorderedStorage
 
+from tunesmith.io import usable_cpus
+
 DEFAULT_THRESHOLD = 0.6
 DEFAULT_NUM_PERM = 128
 DEFAULT_SEED = 1
@@ -182,10 +184,7 @@ def _use_helper(n_texts: int) -> bool:
     """
     if n_texts < _PARALLEL_MIN_TEXTS:
         return False
-    try:
-        cpus = len(os.sched_getaffinity(0))  # honours taskset and cgroup CPU pinning
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     try:
         busy = os.getloadavg()[0]  # includes this process once it has been running a while
     except OSError:

@@ -207,8 +207,14 @@ def _lengths_summary(lengths: Sequence[int]) -> dict[str, float]:
     }
 
 
-def prepare(cfg: RunConfig, tok: PreTrainedTokenizerBase, generation_config: Any = None) -> PreparedData:
-    cs = read_splits(cfg)
+def prepare(
+    cfg: RunConfig,
+    tok: PreTrainedTokenizerBase,
+    generation_config: Any = None,
+    clean: CleanSplits | None = None,
+) -> PreparedData:
+    """Tokenize the clean splits (`clean`, read here when not given) and compute the pre-flight."""
+    cs = read_splits(cfg) if clean is None else clean
     stops = stop_token_ids(tok, generation_config)
     issues: list[DataIssue] = []
     splits: dict[str, Split] = {}

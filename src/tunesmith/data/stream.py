@@ -34,6 +34,7 @@ from tunesmith.data.formats import Example, RowError, example_from_row, example_
 from tunesmith.data.readers import RawRow, iter_files, iter_rows
 from tunesmith.data.split import split_three
 from tunesmith.data.validate import MIN_EXAMPLES, DataError, DataIssue
+from tunesmith.io import usable_cpus
 
 CHUNK_ROWS = 2048
 # Rows read before worker processes are started: below this, starting them (a second or more each: they
@@ -103,11 +104,7 @@ def _chunks(paths: Sequence[str]) -> Iterator[list[RawRow]]:
 
 
 def _workers() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))  # honours taskset and cgroup pinning
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    return max(0, min(cpus, 8))
+    return max(0, min(usable_cpus(), 8))
 
 
 def _chunk_results(

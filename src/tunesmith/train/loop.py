@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from rich.progress import (
 from tunesmith.config import RunConfig
 from tunesmith.data.pipeline import PreparedData
 from tunesmith.data.tokenize import Encoded
-from tunesmith.io import atomic_write_text
+from tunesmith.io import atomic_write_text, default_threads
 from tunesmith.train.batching import (
     BatchStream,
     StepStats,
@@ -232,7 +231,7 @@ def train(
     console = console or Console(stderr=True)
     tc = cfg.train
     # ---- setup
-    torch.set_num_threads(tc.threads or os.cpu_count() or 1)
+    torch.set_num_threads(tc.threads or default_threads())
     set_seed(tc.seed)
     _check_trackers(tc.track)
     accelerator = Accelerator(

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from tunesmith.io import default_threads
 from tunesmith.train.precision import cpu_has_bf16
 from tunesmith.train.precision import resolve_precision as _resolve
 
@@ -100,8 +101,7 @@ def measure_cpu_flops(threads: int | None = None, seconds: float = 0.5, dtype: s
     """FLOP/s of a 1024^3 matmul on this machine's CPU, over about `seconds` (after one warm-up)."""
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or default_threads())
     dt = torch.bfloat16 if dtype == "bf16" else torch.float32
     n = 1024
     a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
@@ -122,7 +122,7 @@ def this_cpu(threads: int | None = None) -> Device:
         flops["bf16"] = measure_cpu_flops(threads, dtype="bf16")
     # The estimate counts this process's resident memory as overhead, so it may also use it.
     mem = int(psutil.virtual_memory().available) + process_rss()
-    cores = threads or os.cpu_count() or 1
+    cores = threads or default_threads()
     return Device(
         f"CPU ({cores} threads)",
         "cpu",
