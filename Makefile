@@ -39,7 +39,7 @@ test: setup pytest
 # no long end-to-end test is left to run alone at the end. TEST_JOBS=0 runs everything in this process.
 TEST_JOBS ?= auto
 pytest:
-	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist worksteal
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist worksteal --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples scripts
