@@ -38,8 +38,9 @@ test: setup pytest
 # One pytest worker per core (pytest-xdist); worksteal hands a finished worker the queue of a busy one, so
 # no long end-to-end test is left to run alone at the end. TEST_JOBS=0 runs everything in this process.
 TEST_JOBS ?= auto
+PYTEST_FLAGS ?=
 pytest:
-	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist worksteal --durations=10
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist worksteal --durations=10 $(PYTEST_FLAGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples scripts
