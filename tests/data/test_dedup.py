@@ -64,11 +64,21 @@ def test_dedup_key_ignores_case_spacing_and_typography_only() -> None:
 # --------------------------------------------------------------------------------------------------------
 
 
-def test_shingles_are_content_word_unigrams_by_default() -> None:
-    assert shingles("The Printer is BROKEN, and the printer smells!") == {b"printer", b"broken", b"smells"}
+def test_shingles_are_word_unigrams_by_default() -> None:
+    assert shingles("The Printer is BROKEN, and the printer smells!") == {
+        b"the",
+        b"printer",
+        b"is",
+        b"broken",
+        b"and",
+        b"smells",
+    }
 
 
-def test_shingles_keep_negations_and_fall_back_to_function_words() -> None:
+def test_shingles_keep_function_words_which_carry_short_texts() -> None:
+    # CLINC150: "where were you made" and "who made you" are two intents; without function words both
+    # would be {made}.
+    assert shingles("where were you made") != shingles("who made you")
     assert b"not" in shingles("It is not working")
     assert shingles("What is it?") == {b"what", b"is", b"it"}
     assert shingles("") == set()
@@ -76,8 +86,8 @@ def test_shingles_keep_negations_and_fall_back_to_function_words() -> None:
 
 
 def test_shingles_word_ngrams_and_short_texts() -> None:
-    bigrams = {b"refund broken", b"broken printer", b"printer today"}
-    assert shingles("refund broken printer today", n=2) == bigrams
+    bigrams = {b"refund is", b"is broken", b"broken today"}
+    assert shingles("refund is broken today", n=2) == bigrams
     assert shingles("refund printer", n=3) == {b"refund printer"}
     assert shingles("caf\u00e9 na\u00efve", n=1) == {"caf\u00e9".encode(), "na\u00efve".encode()}
     with pytest.raises(ValueError):
@@ -171,9 +181,9 @@ def test_fixture_shape_and_difficulty(fixture: NearDupFixture) -> None:
     assert kinds == {"sub", "ins", "del", "number", "reorder"}
 
     # The hard case: texts that are not duplicates still share template skeletons and vocabulary. Pairs
-    # from one template are several times more alike than pairs from different templates (0.14 against
-    # 0.04 mean Jaccard), and the most similar of them (0.59) beat the least similar planted pair (0.56),
-    # so no threshold separates the two perfectly.
+    # from one template are more than twice as alike as pairs from different templates (0.24 against 0.10
+    # mean Jaccard of word sets), and the most similar of them (0.70) reach the least similar planted pair
+    # (0.70): no threshold leaves room between the two.
     sets = [shingles(t) for t in texts]
     by_template: dict[int, list[int]] = {}
     for i, t_id in enumerate(fixture.template):
@@ -203,8 +213,8 @@ def test_fixture_shape_and_difficulty(fixture: NearDupFixture) -> None:
     ]
     planted = [_jaccard(sets[i], sets[j]) for i, j in fixture.pairs]
     assert len(by_template) >= 20 and min(len(ids) for ids in by_template.values()) >= 50
-    assert same.mean() > 3 * sum(across) / len(across)
-    assert same.max() > min(planted)
+    assert same.mean() > 2 * sum(across) / len(across)
+    assert same.max() > min(planted) - 0.01
 
 
 def test_near_duplicates_recall_and_precision_on_fixture(
@@ -214,7 +224,7 @@ def test_near_duplicates_recall_and_precision_on_fixture(
     true_pos = len(predicted & fixture.pairs)
     recall = true_pos / len(fixture.pairs)
     precision = true_pos / len(predicted)
-    # Measured with the defaults (content-word unigrams, threshold 0.6, 128 permutations): 0.991 / 0.999.
+    # Measured with the defaults (word unigrams, threshold 0.7, 128 permutations): see benchmarks/dedup_real.py.
     assert recall >= 0.95, f"recall {recall:.3f}"
     assert precision >= 0.95, f"precision {precision:.3f}"
 
@@ -226,10 +236,10 @@ def test_near_duplicates_output_contract(found: list[tuple[int, int, float]]) ->
 
 
 def test_threshold_08_would_miss_rewordings(fixture: NearDupFixture) -> None:
-    # Why the default is 0.6: at 0.8 about a third of the planted rewordings is lost (measured recall 0.68,
-    # against 0.99 at 0.6), while precision is already >= 0.998 at 0.6.
+    # Why the default is 0.7: at 0.8 about one planted rewording in eight is lost (measured recall 0.87,
+    # against 0.99 at 0.7), while precision is already >= 0.99 at 0.7.
     strict = {(i, j) for i, j, _ in find_near_duplicates(fixture.texts, threshold=0.8)}
-    assert len(strict & fixture.pairs) / len(fixture.pairs) < 0.8
+    assert len(strict & fixture.pairs) / len(fixture.pairs) < 0.9
 
 
 def test_exact_duplicates_are_reported_against_first_occurrence() -> None:
@@ -247,7 +257,8 @@ def test_near_duplicate_reported_once_against_best_earlier_text() -> None:
 
 def test_find_near_duplicates_edge_inputs() -> None:
     assert find_near_duplicates([]) == []
-    assert find_near_duplicates(["", "", "?"]) == [(0, 1, 1.0)]
+    # "?" is sentence punctuation only: the same (empty) text as "".
+    assert find_near_duplicates(["", "", "?"]) == [(0, 1, 1.0), (0, 2, 1.0)]
     assert find_near_duplicates([BASE]) == []
 
 

@@ -12,18 +12,21 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from helpers import data_config, make_label_rows, write_jsonl
+from helpers import data_config, make_label_rows, random_words, write_jsonl
 from tunesmith.config import load_config
 from tunesmith.data import stream
-from tunesmith.data.clean import dedup_text
+from tunesmith.data.clean import dedup_parts
 from tunesmith.data.formats import Example
 from tunesmith.data.validate import DataError
 
 
 def _messy_rows(n: int, seed: int) -> list[dict[str, Any]]:
-    """Label rows with planted exact copies, reworded copies and PII."""
+    """Label rows with planted exact copies, reworded copies and PII. Each instruction is 20+ words, long
+    enough for the near-duplicate check (shorter texts are compared exactly only)."""
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = make_label_rows(n, seed=seed)
+    for r in rows:
+        r["instruction"] += " " + random_words(rng, 10)
     for i in range(10, n, 7):
         src = rows[rng.randrange(i)]
         if i % 2:
@@ -83,7 +86,7 @@ def test_system_prompt_is_left_out_of_duplicate_checks() -> None:
         ],
         "f:1",
     )
-    assert dedup_text(ex) == "q\na"
+    assert dedup_parts(ex) == ("q", "a")
 
 
 def test_prepared_data_is_reused_until_the_data_changes(

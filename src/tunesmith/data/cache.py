@@ -60,8 +60,10 @@ def cache_key(cfg: RunConfig, model_path: str) -> str:
         h.update(f"[{name}]".encode())
         for root in paths:
             for path in iter_files(Path(root)):
-                h.update(path.name.encode() + b"\0")
-                _hash_file(h, path)
+                # A `datasets` folder is one input: every file in it counts.
+                for part in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+                    h.update(str(part.relative_to(path.parent)).encode() + b"\0")
+                    _hash_file(h, part)
     settings = d.model_dump(mode="json", exclude={"train", "val", "test"})
     settings["contamination"].pop("extra_eval_files", None)
     h.update(

@@ -1,34 +1,27 @@
 """Text normalisation, exact-duplicate keys and near-duplicate detection with MinHash LSH.
 
-Representation: a text is the *set of its content words*: ``\\w+`` tokens of the casefolded, normalised
-text minus the most frequent English function words ("the", "to", "we", "is", ...). Sets are compared
-with 128-permutation MinHash (datasketch, crc32-hashed bytes) indexed in datasketch's ``MinHashLSH``.
+Representation: a text is the *set of its words*: ``\\w+`` tokens of the casefolded, normalised text.
+Sets are compared with 128-permutation MinHash (datasketch, crc32-hashed bytes) indexed in datasketch's
+``MinHashLSH``.
 
-Why word unigrams (measured by ``benchmarks/data_hygiene.py`` on the labelled fixture: support/business
-messages of 20-60 words, each duplicate a copy reworded by 2-4 word substitutions/insertions/deletions,
-half with a changed number, a third with two clauses swapped; the distinct texts are other fills of the
-same 24 templates). At each representation's own best threshold, min(recall, precision) with the exact
-Jaccard was: content-word unigrams 0.999, all-word unigrams 1.0, char 3-grams 0.995, char 5-grams 0.994,
-word bigrams 0.992; with 128-permutation estimates: unigrams 0.997 (both variants), char 3-grams 0.992,
-word bigrams 0.991, char 5-grams 0.987. An edit destroys every n-gram that spans it, and longer n-grams
-span more edits, while a reworded copy keeps nearly all of its words; distinct fills of one template share
-the skeleton, but their slots (products, issues, names, places, amounts) bring words the other text
-lacks. Words are also cheap to hash: ~26 content words per message against ~240 character 5-grams.
+Why all words, function words included (measured by ``benchmarks/dedup_real.py``): in short texts the
+function words carry the meaning. On CLINC150's crowd-sourced queries (150 intents, ~8 words each)
+"where were you made" (intent where_are_you_from) and "who made you" (who_made_you) are one set once the
+function words go ({made}): 227 pairs of train queries with two different intents had identical
+content-word sets, against 0 with every word kept. On the planted fixture (support messages of 20-60
+words, each duplicate a copy reworded by 2-4 word edits, half with a changed number, a third with two
+clauses swapped, the distinct texts other fills of the same 24 templates) all words at 0.7 find 0.987 of
+the planted pairs at precision 0.998 (content words at 0.6: 0.991 / 0.998; at 0.7: 0.938): word
+unigrams survive rewording, while every n-gram that spans an edit is lost.
 
-Why drop function words: they carry no duplicate signal but make unrelated texts overlap (mean Jaccard of
-two random fixture texts 0.11 with them, 0.04 without), which pushes the usable threshold up to 0.7. On
-the fixture seeds, content words at 0.6 recover 0.986-0.992 of the pairs against 0.981-0.987 for all
-words at 0.7, at the same precision (>= 0.997) and throughput. Negations (no, not, nor, never) are kept,
-and a text made only of function words keeps them all so that it can still be compared. Non-English
-text simply keeps all its words.
-
-Threshold: 0.6, not 0.8. A 25-word message with three edits keeps a content-word Jaccard of ~0.65, so
-at 0.8 only 0.68 of the planted pairs are found, while the most similar distinct same-template texts reach
-~0.59. The LSH bands are chosen for the threshold (`lsh_params`), and every candidate is then kept only if
-its MinHash Jaccard estimate reaches the threshold.
+Threshold: 0.7. A text of n words with k substituted words keeps a Jaccard of (n-k)/(n+k): at 0.7 a
+20-word message may differ in 3 words, a 6-word query in one. That is why the data stage compares texts
+shorter than ``MIN_NEAR_WORDS`` words exactly only (see `tunesmith.data.clean`): among short texts a
+one-word difference is a paraphrase or another intent, not a copy. The LSH bands are chosen for the
+threshold (`lsh_params`), and every candidate is then kept only if its MinHash Jaccard estimate reaches it.
 
 Memory: per distinct indexed text, one signature (4 bytes x num_perm) plus one bucket entry per LSH band
-(15 at the defaults) plus a 16-byte exact key: about 2.4 KB, so ~2.4 GB for a million texts.
+plus a 16-byte exact key: about 2.4 KB, so ~2.4 GB for a million texts.
 """
 
 from __future__ import annotations
@@ -54,14 +47,16 @@ from datasketch.storage import UnorderedStorage
 
 from tunesmith.io import usable_cpus
 
-DEFAULT_THRESHOLD = 0.6
+DEFAULT_THRESHOLD = 0.7
+# Texts with fewer words are compared exactly only by the data stage (see the module docstring).
+MIN_NEAR_WORDS = 20
 DEFAULT_NUM_PERM = 128
 DEFAULT_SEED = 1
 # LSH banding: the fewest bands (memory and time are per band) such that a pair right at the threshold
 # becomes a candidate with probability >= 0.7 while a pair 0.2 below it does with probability <= 0.15.
 # Candidates are then verified against the MinHash estimate, so extra candidates cost a comparison each
 # while a missed one is a lost duplicate; duplicates mostly sit well above the threshold, so 0.7 at the
-# threshold itself still finds ~99% of the fixture's pairs. 0.6 with 128 permutations -> 15 bands of 5.
+# threshold itself still finds ~99% of the fixture's pairs.
 _P_AT_THRESHOLD = 0.7
 _P_BELOW = 0.15
 _BELOW_GAP = 0.2
@@ -78,19 +73,6 @@ _TRANSLATE = str.maketrans(
     }
 )
 _WORD_RE = re.compile(r"\w+")
-# Frequent English function words; negations (no, not, nor, never) are deliberately absent.
-STOPWORDS = frozenset({
-    "a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any", "are", "as",
-    "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could",
-    "did", "do", "does", "doing", "down", "during", "each", "few", "for", "from", "further", "had", "has",
-    "have", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in",
-    "into", "is", "it", "its", "itself", "just", "me", "more", "most", "my", "myself", "of", "off", "on",
-    "once", "only", "or", "other", "our", "ours", "ourselves", "out", "over", "own", "same", "she", "should",
-    "so", "some", "such", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there",
-    "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "very", "was", "we",
-    "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you",
-    "your", "yours", "yourself", "yourselves",
-})  # fmt: skip
 
 
 def normalize_text(text: str) -> str:
@@ -105,28 +87,45 @@ def _digest(folded: str) -> bytes:
     return hashlib.blake2b(folded.encode("utf-8"), digest_size=16).digest()
 
 
+# Sentence punctuation at either end ("Tell me my balance." / "tell me my balance") does not make two texts
+# different; inside a text it may ("a+b" / "a-b"), so it stays there.
+_EDGE_PUNCTUATION = " .,;:!?\u00bf\u00a1\u2026"
+
+
+def _exact_form(text: str) -> str:
+    return normalize_text(text).casefold().strip(_EDGE_PUNCTUATION)
+
+
+def exact_digest(text: str) -> bytes:
+    """`dedup_key` as 16 raw bytes."""
+    return _digest(_exact_form(text))
+
+
 def dedup_key(text: str) -> str:
     """Exact-duplicate key (blake2b-128, hex) of the casefolded normalised text: equal for texts that differ
-    only in case, Unicode form, quote or dash style, or spacing."""
-    return _digest(normalize_text(text).casefold()).hex()
+    only in case, Unicode form, quote or dash style, spacing, or sentence punctuation at either end."""
+    return _digest(_exact_form(text)).hex()
 
 
-def _content_words(folded: str) -> list[str]:
-    words = _WORD_RE.findall(folded)
-    content = [w for w in words if w not in STOPWORDS]
-    return content or words
+def _words(folded: str) -> list[str]:
+    return _WORD_RE.findall(folded)
+
+
+def word_count(text: str) -> int:
+    """Words as the index counts them (what `MIN_NEAR_WORDS` is compared with)."""
+    return len(_words(normalize_text(text).casefold()))
 
 
 def shingles(text: str, n: int = 1) -> set[bytes]:
-    """Word n-grams (UTF-8, words joined by one space) over the content words of the casefolded
-    normalised text; the default, unigrams, is what the index uses (see the module docstring).
+    """Word n-grams (UTF-8, words joined by one space) of the casefolded normalised text; the default,
+    unigrams, is what the index uses (see the module docstring).
 
-    A text with fewer than `n` content words yields them as one shingle, so short texts still compare; a
-    text without words yields an empty set.
+    A text with fewer than `n` words yields them as one shingle, so short texts still compare; a text
+    without words yields an empty set.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    words = _content_words(normalize_text(text).casefold())
+    words = _words(normalize_text(text).casefold())
     if n == 1:
         return {w.encode("utf-8") for w in words}
     if not words:
@@ -149,7 +148,7 @@ _START_METHOD = "spawn"
 def _prepare(text: str) -> tuple[bytes, set[bytes]]:
     # One normalisation pass serves both the exact key and the shingles.
     folded = normalize_text(text).casefold()
-    return _digest(folded), {w.encode("utf-8") for w in _content_words(folded)}
+    return _digest(folded.strip(_EDGE_PUNCTUATION)), {w.encode("utf-8") for w in _words(folded)}
 
 
 def sketch_texts(
@@ -173,6 +172,32 @@ def sketch_texts(
             sigs[k] = mh.hashvalues
             has_words[k] = True
     return digests, sigs, has_words
+
+
+def sketch_sides(
+    texts: list[str], num_perm: int = DEFAULT_NUM_PERM, seed: int = DEFAULT_SEED
+) -> tuple[list[bytes], list[bytes], np.ndarray, np.ndarray, np.ndarray]:
+    """For one side (prompt or answer) of a chunk of examples: the exact key of each text (as `dedup_key`:
+    case, Unicode form and spacing aside), the digest of its word sequence (punctuation aside too), MinHash
+    signatures, a has-words mask and word counts."""
+    mh = MinHash(num_perm=num_perm, seed=seed, hashfunc=zlib.crc32)
+    exact: list[bytes] = []
+    digests: list[bytes] = []
+    sigs = np.zeros((len(texts), num_perm), dtype=np.uint32)
+    has_words = np.zeros(len(texts), dtype=bool)
+    counts = np.zeros(len(texts), dtype=np.int32)
+    for k, text in enumerate(texts):
+        folded = normalize_text(text).casefold()
+        words = _words(folded)
+        exact.append(_digest(folded.strip(_EDGE_PUNCTUATION)))
+        digests.append(_digest(" ".join(words)))
+        counts[k] = len(words)
+        if words:
+            mh.clear()
+            mh.update_batch({w.encode("utf-8") for w in words})
+            sigs[k] = mh.hashvalues
+            has_words[k] = True
+    return exact, digests, sigs, has_words, counts
 
 
 def _use_helper(n_texts: int) -> bool:
@@ -357,7 +382,7 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
 
 @dataclass(eq=False)
 class NearDupIndex:
-    """Incremental near-duplicate index: content-word MinHash signatures in a datasketch MinHashLSH.
+    """Incremental near-duplicate index: word-set MinHash signatures in a datasketch MinHashLSH.
 
     LSH buckets propose candidates; a candidate is a near-duplicate when its MinHash Jaccard estimate is
     at least `threshold`. Signatures are kept (4 bytes x num_perm per text) for that verification.

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+if TYPE_CHECKING:
+    from tunesmith.config import ColumnsConfig
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -58,6 +61,76 @@ class RowError(ValueError):
         self.kind = kind
 
 
+# ShareGPT (`conversations` of {from, value}) is read as chat without any mapping; these are its role names.
+SHAREGPT_ROLES = {
+    "human": "user",
+    "gpt": "assistant",
+    "system": "system",
+    "user": "user",
+    "assistant": "assistant",
+}
+
+
+def apply_columns(row: Any, columns: ColumnsConfig | None) -> Any:
+    """A row with your column names turned into the standard ones (`data.columns`), ignored columns left
+    out, and ShareGPT conversations turned into `messages`. Pure: the row is not modified."""
+    if not isinstance(row, dict):
+        return row
+    out: dict[str, Any] = {}
+    mapping: dict[str, str] = columns.mapping() if columns is not None else {}
+    ignore = set(columns.ignore) if columns is not None else set()
+    for theirs, ours in mapping.items():
+        if theirs not in row:
+            raise RowError(theirs, f"is missing (data.columns.{ours} names this column)", "missing_field")
+    for key, value in row.items():
+        if key in ignore:
+            continue
+        out[mapping.get(key) or key] = value
+    role_key = columns.role if columns is not None else None
+    content_key = columns.content if columns is not None else None
+    roles: dict[str, str] = dict(columns.roles) if columns is not None else {}
+    if "messages" not in out and "conversations" in out and role_key is None:
+        # ShareGPT, recognised as it is: {conversations: [{from: human|gpt|system, value}]}
+        out["messages"] = out.pop("conversations")
+        role_key, content_key, roles = "from", "value", {**SHAREGPT_ROLES, **roles}
+    if (role_key or content_key or roles) and isinstance(out.get("messages"), list):
+        out["messages"] = [_map_turn(t, role_key, content_key, roles) for t in out["messages"]]
+    return out
+
+
+def _map_turn(turn: Any, role_key: str | None, content_key: str | None, roles: dict[str, str]) -> Any:
+    if not isinstance(turn, dict):
+        return turn
+    out = dict(turn)
+    if role_key and role_key in out:
+        out["role"] = out.pop(role_key)
+    if content_key and content_key in out:
+        out["content"] = out.pop(content_key)
+    if isinstance(out.get("role"), str) and out["role"] in roles:
+        out["role"] = roles[out["role"]]
+    return out
+
+
+def suggest_columns(row: dict[str, Any]) -> str:
+    """A `data.columns` line that would map this row's columns (the longest text as the input)."""
+    lists = [k for k, v in row.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
+    if lists:
+        keys = sorted(row[lists[0]][0])
+        role = next((k for k in keys if k in ("role", "from", "speaker", "author")), keys[0])
+        content = next((k for k in keys if k in ("content", "value", "text", "message")), keys[-1])
+        return f"{{messages: {lists[0]}, role: {role}, content: {content}}}"
+    texts = sorted(
+        (k for k, v in row.items() if isinstance(v, str | int | float) and not isinstance(v, bool)),
+        key=lambda k: -len(str(row[k]).split()),
+    )
+    if len(texts) == 1:
+        return f"{{text: {texts[0]}}}"
+    if len(texts) == 2:
+        return f"{{text: {texts[0]}, label: {texts[1]}}}"
+    rest = f", ignore: [{', '.join(texts[2:])}]" if len(texts) > 2 else ""
+    return f"{{instruction: {texts[0]}, output: {texts[1]}{rest}}}" if texts else "{...}"
+
+
 def detect_format(row: dict[str, Any]) -> str:
     if "messages" in row:
         return "chat"
@@ -71,8 +144,9 @@ def detect_format(row: dict[str, Any]) -> str:
         return "text"
     raise RowError(
         "",
-        f"cannot tell the format from keys {sorted(row)}: expected `messages` (chat), `instruction`/`output`, "
-        "`prompt`/`chosen`/`rejected` (preference), `text`/`label` (classification) or `text` (raw text)",
+        f"cannot tell the format from columns {sorted(row)}: expected `messages` (chat), `instruction`/`output`, "
+        "`prompt`/`chosen`/`rejected` (preference), `text`/`label` (classification) or `text` (raw text); "
+        f"map yours in the config, e.g. `data.columns: {suggest_columns(row)}`",
         "unknown_format",
     )
 
@@ -94,9 +168,7 @@ def _text(row: dict[str, Any], key: str, *, required: bool, where: str | None = 
 def instruction_to_messages(row: dict[str, Any], system_prompt: str | None = None) -> list[Message]:
     unknown = set(row) - INSTRUCTION_KEYS
     if unknown:
-        raise RowError(
-            sorted(unknown)[0], f"unknown key (expected {sorted(INSTRUCTION_KEYS)})", "unknown_key"
-        )
+        raise _unknown_key(sorted(unknown)[0], INSTRUCTION_KEYS)
     instruction = _text(row, "instruction", required=True)
     extra = _text(row, "input", required=False)
     output = _text(row, "output", required=True)
@@ -112,9 +184,7 @@ def instruction_to_messages(row: dict[str, Any], system_prompt: str | None = Non
 def chat_to_messages(row: dict[str, Any], system_prompt: str | None = None) -> list[Message]:
     unknown = set(row) - CHAT_KEYS
     if unknown:
-        raise RowError(
-            sorted(unknown)[0], "unknown key (expected `messages` and optionally `facts`)", "unknown_key"
-        )
+        raise _unknown_key(sorted(unknown)[0], "`messages` and optionally `facts`")
     raw = row.get("messages")
     if not isinstance(raw, list) or not raw:
         raise RowError("messages", "must be a non-empty list", "missing_field")
@@ -132,7 +202,8 @@ def chat_to_messages(row: dict[str, Any], system_prompt: str | None = None) -> l
             )
         role = m.get("role")
         if role not in ROLES:
-            raise RowError(f"{where}.role", f"{role!r} is not one of {'/'.join(ROLES)}", "bad_role")
+            hint = f"; map it with data.columns.roles: {{{role}: user}}" if isinstance(role, str) else ""
+            raise RowError(f"{where}.role", f"{role!r} is not one of {'/'.join(ROLES)}{hint}", "bad_role")
         if role == "system" and i != 0:
             raise RowError(f"{where}.role", "a system message is only allowed first", "bad_role")
         content = _text(m, "content", required=True, where=f"{where}.content")
@@ -186,10 +257,20 @@ def row_facts(row: dict[str, Any]) -> list[str]:
     return [f.strip() for f in facts]
 
 
+def _unknown_key(key: str, allowed: frozenset[str] | str) -> RowError:
+    expected = allowed if isinstance(allowed, str) else str(sorted(allowed))
+    return RowError(
+        key,
+        f"unknown key (expected {expected}); map it to a field with data.columns, or leave it out with "
+        f"data.columns.ignore: [{key}]",
+        "unknown_key",
+    )
+
+
 def _only(row: dict[str, Any], allowed: frozenset[str]) -> None:
     unknown = set(row) - allowed
     if unknown:
-        raise RowError(sorted(unknown)[0], f"unknown key (expected {sorted(allowed)})", "unknown_key")
+        raise _unknown_key(sorted(unknown)[0], allowed)
 
 
 def row_to_messages(row: Any, fmt: str, system_prompt: str | None = None) -> list[Message]:
@@ -204,8 +285,11 @@ def row_to_messages(row: Any, fmt: str, system_prompt: str | None = None) -> lis
     raise RowError("", f"a {kind} row has no chat messages", "unknown_format")
 
 
-def row_to_example(row: Any, fmt: str, source: str, system_prompt: str | None = None) -> Example:
-    """Any supported row -> Example, or RowError naming the field."""
+def row_to_example(
+    row: Any, fmt: str, source: str, system_prompt: str | None = None, columns: ColumnsConfig | None = None
+) -> Example:
+    """Any supported row (your column names mapped by `columns`) -> Example, or RowError naming the field."""
+    row = apply_columns(row, columns)
     if not isinstance(row, dict):
         raise RowError("", f"each row must be an object, got {type(row).__name__}", "not_an_object")
     kind = detect_format(row) if fmt == "auto" else fmt

@@ -43,6 +43,9 @@ def length_histogram(lengths: dict[str, list[int]], max_length: int) -> str:
     return _png(fig)
 
 
+CHART_LABELS = 40
+
+
 def label_chart(labels: dict[str, dict[str, int]]) -> str:
     import matplotlib
 
@@ -50,6 +53,10 @@ def label_chart(labels: dict[str, dict[str, int]]) -> str:
     import matplotlib.pyplot as plt
 
     names = sorted({k for v in labels.values() for k in v})
+    if len(names) > CHART_LABELS:
+        # A bar per label stops being readable: the rarest ones are those a reader needs to see.
+        train = labels.get("train", {})
+        names = sorted(sorted(names, key=lambda n: (train.get(n, 0), n))[:CHART_LABELS])
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2), dpi=110)
     height = 0.27
     for k, (split, color) in enumerate((("train", "#4C72B0"), ("val", "#55A868"), ("test", "#DD8452"))):
@@ -63,29 +70,62 @@ def label_chart(labels: dict[str, dict[str, int]]) -> str:
     return _png(fig)
 
 
+LISTED_LABELS = 12  # more labels than this are summarised: their count, the range, the rarest
+
+
+def label_summary(counts: dict[str, int]) -> str:
+    if len(counts) <= LISTED_LABELS:
+        return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    rarest = sorted(counts.items(), key=lambda kv: (kv[1], kv[0]))[:5]
+    return (
+        f"{len(counts)} labels, {min(counts.values())}-{max(counts.values())} examples each; rarest: "
+        + ", ".join(f"{k} {v}" for k, v in rarest)
+    )
+
+
 def _table(rows: list[tuple[str, Any]]) -> str:
     body = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
 
 
-def clean_totals(pre: dict[str, Any]) -> dict[str, Any]:
-    keys = (
-        "input",
-        "normalized_changed",
-        "degenerate",
-        "pii_examples",
-        "pii_dropped",
-        "exact_duplicates",
-        "near_duplicates",
-        "kept",
-    )
-    totals = {k: sum(r[k] for r in pre["clean"].values()) for k in keys}
+_TOTAL_KEYS = (
+    "input",
+    "normalized_changed",
+    "degenerate",
+    "pii_examples",
+    "pii_dropped",
+    "exact_duplicates",
+    "near_duplicates",
+    "conflicts",
+    "conflicts_dropped",
+    "kept",
+)
+
+
+def clean_totals(pre: dict[str, Any], mode: str = "clean") -> dict[str, Any]:
+    """Cleaning counts summed over the splits in `mode`: `clean` (acted on) or `report` (the user's own
+    val/test files, kept as given: the counts are findings only)."""
+    reports = [r for r in pre["clean"].values() if r.get("mode", "clean") == mode]
+    totals: dict[str, Any] = {k: sum(r.get(k, 0) for r in reports) for k in _TOTAL_KEYS}
     pii: dict[str, int] = {}
-    for r in pre["clean"].values():
+    for r in reports:
         for k, v in r["pii_found"].items():
             pii[k] = pii.get(k, 0) + v
     totals["pii_found"] = pii
+    totals["splits"] = [name for name, r in pre["clean"].items() if r.get("mode", "clean") == mode]
     return totals
+
+
+def conflict_pairs(pre: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{**p, "split": name} for name, r in pre["clean"].items() for p in r.get("conflict_pairs", [])]
+
+
+def _findings(t: dict[str, Any]) -> str:
+    pii = ", ".join(f"{k} {v}" for k, v in sorted(t["pii_found"].items())) or "none"
+    return (
+        f"{t['exact_duplicates']} exact + {t['near_duplicates']} near duplicates, {t['degenerate']} degenerate, "
+        f"{t['pii_examples']} with PII ({pii}), {t['conflicts']} conflicting-answer pair(s)"
+    )
 
 
 def write_preflight_html(pre: dict[str, Any], path: Path, title: str = "pre-flight") -> Path:
@@ -114,6 +154,10 @@ def write_preflight_html(pre: dict[str, Any], path: Path, title: str = "pre-flig
                 ("exact duplicates dropped", ct["exact_duplicates"]),
                 ("near-duplicates dropped", ct["near_duplicates"]),
                 (
+                    "conflicting-answer pairs (near-identical prompts, other answers)",
+                    f"{ct['conflicts']} ({ct['conflicts_dropped']} examples dropped)",
+                ),
+                (
                     "contaminated train examples",
                     f"{pre['contamination']['train_examples']} ({pre['contamination']['action']})",
                 ),
@@ -136,10 +180,35 @@ def write_preflight_html(pre: dict[str, Any], path: Path, title: str = "pre-flig
         f"<img alt='token lengths' src='data:image/png;base64,{length_histogram(pre['token_lengths'], pre['max_length'])}'>",
     ]
     if pre.get("labels"):
+        n_labels = len({k for v in pre["labels"].values() for k in v})
         parts += [
-            "<h2>Label balance</h2>",
+            f"<h2>Label balance{f' (the {CHART_LABELS} rarest of {n_labels} labels)' if n_labels > CHART_LABELS else ''}</h2>",
             f"<img alt='labels' src='data:image/png;base64,{label_chart(pre['labels'])}'>",
         ]
+    held = clean_totals(pre, "report")
+    if held["splits"]:
+        parts += [
+            f"<h2>Your {' and '.join(held['splits'])} file(s), kept as given</h2>",
+            f"<p>{held['input']} rows read, every one evaluated. Found, not acted on: "
+            f"{html.escape(_findings(held))}. Set <code>data.clean.eval_files: clean</code> to clean them "
+            "like the train files.</p>",
+        ]
+    pairs = conflict_pairs(pre)
+    if pairs:
+        parts.append(
+            f"<h2 class=warn>Conflicting answers: {ct['conflicts'] + held['conflicts']} pair(s)</h2>"
+            "<p>Near-identical prompts with answers that do not match: a class boundary, or label noise. "
+            "<code>data.clean.conflicts</code>: keep (default), drop, error.</p>"
+            "<table><tr><th>split</th><th>first</th><th>second</th><th>Jaccard</th></tr>"
+        )
+        parts += [
+            f"<tr><td>{p['split']}</td><td><code>{html.escape(p['first'])}</code> "
+            f"{html.escape(p.get('first_prompt', ''))} → <b>{html.escape(p.get('first_answer', ''))}</b></td>"
+            f"<td><code>{html.escape(p['second'])}</code> {html.escape(p['second_prompt'])} → "
+            f"<b>{html.escape(p['second_answer'])}</b></td><td>{p['jaccard']}</td></tr>"
+            for p in pairs
+        ]
+        parts.append("</table>")
     listed = pre["contamination"]["listed"]
     if listed:
         parts.append(
@@ -172,10 +241,18 @@ def print_preflight(pre: dict[str, Any], console: Console) -> None:
     c = pre["counts"]
     t.add_row("examples", f"{c['train']} train / {c['val']} val / {c['test']} test")
     t.add_row(
-        "cleaning",
-        f"{ct['exact_duplicates']} exact + {ct['near_duplicates']} near duplicates, {ct['degenerate']} degenerate, "
-        f"{ct['pii_examples']} with PII ({', '.join(f'{k} {v}' for k, v in sorted(ct['pii_found'].items())) or 'none'})",
+        "cleaning (train files)",
+        _findings(ct) + (f", {ct['conflicts_dropped']} dropped" if ct["conflicts_dropped"] else ""),
     )
+    held = clean_totals(pre, "report")
+    if held["splits"]:
+        t.add_row(f"your {'/'.join(held['splits'])} file(s)", f"kept as given; found: {_findings(held)}")
+    for p in conflict_pairs(pre)[:3]:
+        t.add_row(
+            "conflicting answers",
+            f"{p['first']} {p.get('first_prompt', '')!r} -> {p.get('first_answer', '')!r}  vs  "
+            f"{p['second']} {p['second_prompt']!r} -> {p['second_answer']!r}",
+        )
     cont = pre["contamination"]
     style = "yellow" if cont["pairs"] else ""
     t.add_row(
@@ -200,5 +277,5 @@ def print_preflight(pre: dict[str, Any], console: Console) -> None:
     tp = pre["template_parity"]
     t.add_row("train/serve template parity", f"{tp['identical']}/{tp['checked']} identical token ids")
     if pre.get("labels"):
-        t.add_row("labels (train)", ", ".join(f"{k} {v}" for k, v in sorted(pre["labels"]["train"].items())))
+        t.add_row("labels (train)", label_summary(pre["labels"]["train"]))
     console.print(t)

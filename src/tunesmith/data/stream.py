@@ -28,8 +28,17 @@ from typing import IO, Any
 
 import numpy as np
 
-from tunesmith.config import CleanConfig, RunConfig
-from tunesmith.data.clean import CleanReport, Deduper, ExampleCleaner, dedup_text
+from tunesmith.config import CleanConfig, ColumnsConfig, RunConfig
+from tunesmith.data.clean import (
+    CleanReport,
+    Deduper,
+    ExampleCleaner,
+    SideRule,
+    Sketch,
+    Sketches,
+    dedup_parts,
+    sketch_examples,
+)
 from tunesmith.data.formats import Example, RowError, example_from_row, example_to_row, row_to_example
 from tunesmith.data.readers import RawRow, iter_files, iter_rows
 from tunesmith.data.split import split_three
@@ -53,20 +62,23 @@ class _ChunkOut:
     records: list[tuple[str, bool, str | None, list[str], bool]] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)  # prepared JSON of each kept example
     labels: list[str | None] = field(default_factory=list)
-    digests: list[bytes] = field(default_factory=list)
-    sigs: np.ndarray | None = None
-    has_words: np.ndarray | None = None
+    parts: list[tuple[str, str]] = field(default_factory=list)  # (prompt, answer) of each kept example
+    sketches: Sketches | None = None
 
 
 def _process_chunk(
-    rows: list[RawRow], fmt: str, system_prompt: str | None, cfg: CleanConfig, num_perm: int
+    rows: list[RawRow],
+    fmt: str,
+    system_prompt: str | None,
+    columns: ColumnsConfig,
+    cfg: CleanConfig,
+    num_perm: int,
+    report_only: bool = False,
 ) -> _ChunkOut:
-    """Parse, validate and clean one chunk of rows and hash the kept ones; no cross-row state."""
-    from tunesmith.data.dedup import sketch_texts
-
-    cleaner = ExampleCleaner(cfg)
+    """Parse, validate and clean one chunk of rows and sketch the kept ones; no cross-row state."""
+    cleaner = ExampleCleaner(cfg, report_only)
     out = _ChunkOut()
-    texts: list[str] = []
+    kept: list[Example] = []
     for raw in rows:
         raw = raw.parse()
         if raw.issue is not None:
@@ -74,7 +86,7 @@ def _process_chunk(
             continue
         source = f"{raw.file}:{raw.line}"
         try:
-            ex = row_to_example(raw.row, fmt, source, system_prompt)
+            ex = row_to_example(raw.row, fmt, source, system_prompt, columns)
         except RowError as e:
             out.issues.append(DataIssue(raw.file, raw.line, e.field, e.reason, e.kind))
             continue
@@ -83,8 +95,9 @@ def _process_chunk(
         if c.example is not None:
             out.lines.append(json.dumps(example_to_row(c.example), ensure_ascii=False))
             out.labels.append(c.example.label)
-            texts.append(dedup_text(c.example))
-    out.digests, out.sigs, out.has_words = sketch_texts(texts, num_perm)
+            out.parts.append(dedup_parts(c.example))
+            kept.append(c.example)
+    out.sketches = sketch_examples(kept, num_perm)
     return out
 
 
@@ -108,12 +121,19 @@ def _workers() -> int:
 
 
 def _chunk_results(
-    paths: Sequence[str], fmt: str, system_prompt: str | None, cfg: CleanConfig, num_perm: int
+    paths: Sequence[str],
+    fmt: str,
+    system_prompt: str | None,
+    columns: ColumnsConfig,
+    cfg: CleanConfig,
+    num_perm: int,
+    report_only: bool = False,
 ) -> Iterator[tuple[int, _ChunkOut]]:
     """(rows in chunk, result) in input order; worker processes once the input proves large."""
     pool: ProcessPoolExecutor | None = None
     pending: deque[tuple[int, Future[_ChunkOut]]] = deque()
     n_workers = _workers()
+    args = (fmt, system_prompt, columns, cfg, num_perm, report_only)
     seen = 0
     try:
         for rows in _chunks(paths):
@@ -121,9 +141,9 @@ def _chunk_results(
             if pool is None and n_workers >= 2 and seen > POOL_AFTER_ROWS:
                 pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context(_START_METHOD))
             if pool is None:
-                yield len(rows), _process_chunk(rows, fmt, system_prompt, cfg, num_perm)
+                yield len(rows), _process_chunk(rows, *args)
                 continue
-            pending.append((len(rows), pool.submit(_process_chunk, rows, fmt, system_prompt, cfg, num_perm)))
+            pending.append((len(rows), pool.submit(_process_chunk, rows, *args)))
             while len(pending) > 2 * n_workers:  # bounds memory held by read-ahead and unconsumed results
                 n, fut = pending.popleft()
                 yield n, fut.result()
@@ -173,7 +193,8 @@ class _Sources:
 
 @dataclass
 class CleanedStream:
-    """One split's files after validation and cleaning: kept examples spooled to `spool`, in order."""
+    """One split's files after validation and cleaning: kept examples spooled to `spool`, in order.
+    `conflicted`: kept examples on either side of a conflicting pair."""
 
     spool: Path
     read: int
@@ -182,6 +203,7 @@ class CleanedStream:
     sources: _Sources
     label_ids: array[int]  # per kept example, -1 without a label
     label_names: list[str]
+    conflicted: set[int] = field(default_factory=set)
 
     @property
     def n(self) -> int:
@@ -196,35 +218,45 @@ def clean_stream(
     paths: Sequence[str],
     fmt: str,
     system_prompt: str | None,
+    columns: ColumnsConfig,
     cfg: CleanConfig,
     spool: Path,
     issues: _Issues,
     progress: Any = None,
+    report_only: bool = False,
 ) -> CleanedStream:
-    dedup = Deduper(cfg)
-    report = CleanReport()
+    """`report_only`: the user's own evaluation files; findings are counted and listed, every row kept."""
+    dedup = Deduper(cfg, keep_all=report_only)
+    report = CleanReport(mode="report" if report_only else "clean")
     sources = _Sources()
     label_ids = array("i")
     label_names: list[str] = []
     label_index: dict[str, int] = {}
+    conflicted: set[int] = set()
+    listed_firsts: dict[int, str] = {}  # kept example -> its source, for the listed conflicts
     read = 0
     with spool.open("w", encoding="utf-8") as f:
-        for n_rows, out in _chunk_results(paths, fmt, system_prompt, cfg, dedup.num_perm):
+        chunks = _chunk_results(paths, fmt, system_prompt, columns, cfg, dedup.num_perm, report_only)
+        for n_rows, out in chunks:
             for issue in out.issues:
                 issues.add(issue)
+            assert out.sketches is not None
             k = 0
             for source, changed, degenerate, pii, kept in out.records:
                 read += 1
                 report.record(source, changed, degenerate, pii, kept)
                 if not kept:
                     continue
-                assert out.sigs is not None and out.has_words is not None
-                sig = out.sigs[k] if out.has_words[k] else None
-                dup = dedup.check(out.digests[k], sig)
-                if dup is not None:
-                    reason, of, est = dup
+                verdict = dedup.check(out.sketches.item(k))
+                if verdict.duplicate is not None:
+                    reason, of, est = verdict.duplicate
                     report.record_duplicate(source, reason, sources[of], est)
-                else:
+                if verdict.duplicate is None or report_only:
+                    i = dedup.kept - 1
+                    for first, est in verdict.conflicts:
+                        if report.record_conflict(sources[first], source, est, out.parts[k]):
+                            listed_firsts[first] = sources[first]
+                        conflicted.update((first, i))
                     f.write(out.lines[k])
                     f.write("\n")
                     sources.append(source)
@@ -239,50 +271,74 @@ def clean_stream(
             if progress is not None:
                 progress(n_rows)
     report.kept = dedup.kept
-    return CleanedStream(spool, read, report, dedup, sources, label_ids, label_names)
+    report.fill_conflicts(_parts_from_spool(spool, listed_firsts))
+    return CleanedStream(spool, read, report, dedup, sources, label_ids, label_names, conflicted)
+
+
+def _parts_from_spool(spool: Path, wanted: Mapping[int, str]) -> dict[str, tuple[str, str]]:
+    """(prompt, answer) of the kept examples `wanted` (index -> source), read back from the spool: only
+    the few listed conflicts need their texts, so none are held in memory while streaming."""
+    found: dict[str, tuple[str, str]] = {}
+    if not wanted:
+        return found
+    with spool.open(encoding="utf-8") as f:
+        for k, line in enumerate(f):
+            if k in wanted:
+                found[wanted[k]] = dedup_parts(example_from_row(json.loads(line)))
+                if len(found) == len(wanted):
+                    break
+    return found
 
 
 # ---------------------------------------------------------------------------------------- contamination
 @dataclass
 class _EvalSide:
-    """The held-out examples indexed for the contamination check, with the check's own LSH banding."""
+    """The held-out examples indexed for the contamination check: their prompts in an LSH index, banded for
+    the check's threshold; a train example overlaps one when both sides match (`SideRule.sides_match`)."""
 
-    threshold: float
+    rule: SideRule
     names: list[tuple[str, str]] = field(default_factory=list)  # (split, source) per indexed example
-    by_digest: dict[bytes, list[int]] = field(default_factory=dict)
+    sketches: list[Sketch] = field(default_factory=list)
+    by_prompt: dict[bytes, list[int]] = field(default_factory=dict)
     row_to_item: array[int] = field(default_factory=lambda: array("q"))
 
     def __post_init__(self) -> None:
         from tunesmith.data.dedup import NearDupIndex
 
-        self.index = NearDupIndex(threshold=self.threshold)
+        self.index = NearDupIndex(threshold=self.rule.threshold)
 
-    def add(self, split: str, source: str, digest: bytes, signature: np.ndarray | None) -> None:
+    def add(self, split: str, source: str, sketch: Sketch) -> None:
         item = len(self.names)
         self.names.append((split, source))
-        self.by_digest.setdefault(digest, []).append(item)
-        if signature is not None:
-            self.index.insert_signature(signature)
+        self.sketches.append(sketch)
+        self.by_prompt.setdefault(sketch.prompt_digest, []).append(item)
+        if sketch.prompt_sig is not None:
+            self.index.insert_signature(sketch.prompt_sig)
             self.row_to_item.append(item)
 
-    def matches(self, digest: bytes, signature: np.ndarray | None) -> dict[int, float]:
-        hits = dict.fromkeys(self.by_digest.get(digest, ()), 1.0)
-        if signature is not None:
-            for row, est in self.index.match_signature(signature):
+    def matches(self, s: Sketch) -> dict[int, float]:
+        hits = dict.fromkeys(self.by_prompt.get(s.prompt_digest, ()), 1.0)
+        if s.prompt_sig is not None:
+            for row, est in self.index.match_signature(s.prompt_sig):
                 hits.setdefault(self.row_to_item[row], est)
-        return hits
+        return {
+            item: est
+            for item, est in hits.items()
+            if self.rule.sides_match(s, self.sketches[item], est, loose=True)
+        }
 
 
-def _extra_eval(paths: Sequence[str], system_prompt: str | None, side: _EvalSide, issues: _Issues) -> int:
-    from tunesmith.data.dedup import sketch_texts
+def _extra_eval(
+    paths: Sequence[str], system_prompt: str | None, columns: ColumnsConfig, side: _EvalSide, issues: _Issues
+) -> int:
     from tunesmith.data.validate import load_examples
 
-    examples, bad = load_examples(paths, "auto", system_prompt)
+    examples, bad = load_examples(paths, "auto", system_prompt, columns)
     for issue in bad:
         issues.add(issue)
-    digests, sigs, has_words = sketch_texts([dedup_text(e) for e in examples])
+    sketches = sketch_examples(examples, side.index.num_perm)
     for k, e in enumerate(examples):
-        side.add("extra_eval", e.source, digests[k], sigs[k] if has_words[k] else None)
+        side.add("extra_eval", e.source, sketches.item(k))
     return len(examples)
 
 
@@ -331,11 +387,20 @@ def build_splits(cfg: RunConfig, out_dir: Path, progress: Any = None) -> SplitFi
         for name, paths in (("train", d.train), ("val", d.val), ("test", d.test)):
             if paths:
                 streams[name] = clean_stream(
-                    paths, d.format, d.system_prompt, d.clean, work / f"{name}.spool", issues, progress
+                    paths,
+                    d.format,
+                    d.system_prompt,
+                    d.columns,
+                    d.clean,
+                    work / f"{name}.spool",
+                    issues,
+                    progress,
+                    report_only=name != "train" and d.clean.eval_files == "keep",
                 )
         if issues:
             raise DataError(issues.kept, totals=issues.totals)
         train = streams["train"]
+        _act_on_conflicts(d.clean.conflicts, streams)
         report: dict[str, Any] = {
             "read": {k: (streams[k].read if k in streams else 0) for k in ("train", "val", "test")},
             "clean": {k: s.report.as_dict() for k, s in streams.items()},
@@ -344,11 +409,13 @@ def build_splits(cfg: RunConfig, out_dir: Path, progress: Any = None) -> SplitFi
         # ---- split (on indices; the examples stay in the spool)
         n = train.n
         assign = np.zeros(n, dtype=np.int8)  # 0 train, 1 val, 2 test
+        dropped = sorted(train.conflicted) if d.clean.conflicts == "drop" else []
+        assign[np.asarray(dropped, dtype=np.int64)] = -1
         if not d.val or not d.test:
             labelled = n > 0 and min(train.label_ids) >= 0
             stratify = d.split.stratify and labelled and len(train.label_names) > 1
             _, v, t = split_three(
-                range(n),
+                np.flatnonzero(assign == 0).tolist(),
                 val=0.0 if d.val else d.split.val,
                 test=0.0 if d.test else d.split.test,
                 seed=d.split.seed,
@@ -363,16 +430,16 @@ def build_splits(cfg: RunConfig, out_dir: Path, progress: Any = None) -> SplitFi
         # ---- contamination: held-out side indexed, train side streamed past it
         if train.dedup.near is not None:
             train.dedup.near.release_buckets()  # the dedup buckets are done; their signatures stay
-        side = _EvalSide(d.contamination.threshold)
+        side = _EvalSide(SideRule(d.contamination.threshold, d.clean.near_dup_min_words))
         for name in ("val", "test"):
             if name in streams:
                 s = streams[name]
                 for i in range(s.n):
-                    side.add(name, s.sources[i], s.dedup.digest(i), s.dedup.signature(i))
+                    side.add(name, s.sources[i], s.dedup.sketch(i))
             else:
                 for i in np.flatnonzero(assign == (1 if name == "val" else 2)).tolist():
-                    side.add(name, train.sources[i], train.dedup.digest(i), train.dedup.signature(i))
-        n_extra = _extra_eval(d.contamination.extra_eval_files, d.system_prompt, side, issues)
+                    side.add(name, train.sources[i], train.dedup.sketch(i))
+        n_extra = _extra_eval(d.contamination.extra_eval_files, d.system_prompt, d.columns, side, issues)
         if issues:
             raise DataError(issues.kept, totals=issues.totals)
         pairs: list[dict[str, Any]] = []
@@ -380,7 +447,7 @@ def build_splits(cfg: RunConfig, out_dir: Path, progress: Any = None) -> SplitFi
         contaminated: set[int] = set()
         if side.names:
             for i in np.flatnonzero(assign == 0).tolist():
-                hits = side.matches(train.dedup.digest(i), train.dedup.signature(i))
+                hits = side.matches(train.dedup.sketch(i))
                 for item, est in sorted(hits.items()):
                     n_pairs += 1
                     contaminated.add(i)
@@ -453,6 +520,30 @@ def build_splits(cfg: RunConfig, out_dir: Path, progress: Any = None) -> SplitFi
         return SplitFiles(out_dir, counts, report)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _act_on_conflicts(action: str, streams: Mapping[str, CleanedStream]) -> None:
+    """`data.clean.conflicts`: `error` stops with every listed pair; `drop` is applied to the train files
+    (the split skips those examples), never to evaluation files kept as given."""
+    if action == "error":
+        pairs = [(name, p) for name, s in streams.items() for p in s.report.conflict_pairs]
+        if pairs:
+            raise DataError(
+                [
+                    DataIssue(
+                        *_file_line(p["second"]),
+                        "",
+                        f"has a near-identical prompt to {p['first']} (Jaccard {p['jaccard']}) but another "
+                        f"answer: {p['second_answer']!r} vs {p['first_answer']!r}",
+                        "conflict",
+                    )
+                    for _, p in pairs
+                ],
+                totals={"conflict": sum(s.report.conflicts for s in streams.values())},
+            )
+    if action == "drop":
+        train = streams["train"]
+        train.report.conflicts_dropped = len(train.conflicted)
 
 
 def _file_line(source: str) -> tuple[str, int]:

@@ -6,8 +6,12 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tunesmith.data.formats import Example, RowError, row_to_example
+
+if TYPE_CHECKING:
+    from tunesmith.config import ColumnsConfig
 
 MIN_EXAMPLES = 10
 
@@ -15,25 +19,28 @@ FIXES: dict[str, str] = {
     "bad_json": "each line must be one complete JSON object; check quotes, commas and braces",
     "bad_utf8": "save the file as UTF-8",
     "not_an_object": "wrap the line in {...}",
-    "unknown_format": "use {instruction, input?, output} or {messages: [...]}, or set data.format",
+    "unknown_format": "name your columns with data.columns (the message suggests a line), or use "
+    "{instruction, input?, output} or {messages: [...]} rows; `tunesmith init FILE` writes the config for you",
     "missing_field": "add the field",
     "empty_content": "remove the example or fill in the text",
     "non_string_content": "content must be a string",
-    "unknown_key": "remove the key or fix its spelling",
+    "unknown_key": "fix its spelling, map it (data.columns) or leave it out (data.columns.ignore)",
     "bad_role": "roles are system (first only), user and assistant",
     "bad_order": "alternate user and assistant turns",
     "bad_message": "each message is an object {role, content}",
     "bad_weight": "weight is 0 or 1, on assistant turns",
     "bad_facts": 'facts is a list of non-empty strings the answer must state, e.g. ["P2", "payroll"]',
     "missing_assistant": "end every example with an assistant answer",
-    "too_long": "raise train.max_length or shorten the example",
+    "too_long": "raise train.max_length or shorten the example; a row or file of many MiB is no example: "
+    "check that this is the file you meant",
     "too_few": "fine-tuning needs at least 10 examples; 100+ is better",
     "bad_csv": "every row needs as many cells as the header; quote cells that contain the delimiter",
-    "bad_file": "use a supported file type",
+    "bad_file": "use a readable file of a supported type (JSONL, JSON, CSV/TSV, Parquet, .txt/.md, a datasets folder)",
     "degenerate": "remove the example or fix the answer",
     "template": "use a model whose chat template renders earlier turns unchanged",
     "unknown_label": "every val/test label must also occur in the train split (the classifier has one output per train label)",
     "wrong_kind": "this objective cannot train on these rows; check data.format and the files",
+    "conflict": "fix the answers that disagree, or set data.clean.conflicts: keep (list them) or drop (both)",
 }
 
 
@@ -70,10 +77,13 @@ class DataError(Exception):
 
 
 def load_examples(
-    paths: Sequence[str], fmt: str = "auto", system_prompt: str | None = None
+    paths: Sequence[str],
+    fmt: str = "auto",
+    system_prompt: str | None = None,
+    columns: ColumnsConfig | None = None,
 ) -> tuple[list[Example], list[DataIssue]]:
     """Parse every row of every file (folders: every supported file in them); return the good examples
-    and every issue. Nothing is dropped silently."""
+    and every issue. Nothing is dropped silently. `columns`: your column names (data.columns)."""
     from tunesmith.data.readers import iter_files, iter_rows
 
     examples: list[Example] = []
@@ -87,7 +97,8 @@ def load_examples(
                     issues.append(raw.issue)
                     continue
                 try:
-                    examples.append(row_to_example(raw.row, fmt, f"{raw.file}:{raw.line}", system_prompt))
+                    source = f"{raw.file}:{raw.line}"
+                    examples.append(row_to_example(raw.row, fmt, source, system_prompt, columns))
                 except RowError as e:
                     issues.append(DataIssue(raw.file, raw.line, e.field, e.reason, e.kind))
     return examples, issues
