@@ -23,6 +23,7 @@ from rich.console import Console  # noqa: E402
 from tunesmith.config import ConfigError, RunConfig, config_reference, load_config  # noqa: E402
 from tunesmith.data.validate import DataError  # noqa: E402
 from tunesmith.models import ModelError  # noqa: E402
+from tunesmith.progress import make_console  # noqa: E402
 from tunesmith.train.methods import MethodUnavailableError  # noqa: E402
 from tunesmith.train.plan import GPU_CHOICES, METHODS, PlanError  # noqa: E402
 from tunesmith.train.precision import PrecisionError  # noqa: E402
@@ -36,7 +37,7 @@ model_app = typer.Typer(no_args_is_help=True, help="Resolve and cache base model
 app.add_typer(model_app, name="model")
 review_app = typer.Typer(no_args_is_help=True, help="Blind human review of base vs tuned outputs.")
 app.add_typer(review_app, name="review")
-console = Console(stderr=True)
+console = make_console()
 
 
 @app.callback()
@@ -138,7 +139,7 @@ def plan(
 
     cfg = _config(config, overrides)
     names = list(METHODS) if method == ["all"] else (method or [cfg.method.name])
-    quiet = Console(stderr=True, quiet=as_json)
+    quiet = make_console(quiet=as_json)
     try:
         model_path, tok, data = check_data(cfg, quiet)
         device = target_device(gpu, cfg.train.threads)
@@ -358,9 +359,7 @@ RUNS_DIR_DEFAULT = Path("runs")
 
 def _stdout_console() -> Console:
     """Tables on stdout; when piped (no terminal width), wide enough that run ids are not cut."""
-    import sys
-
-    return Console() if sys.stdout.isatty() else Console(width=200)
+    return make_console(stderr=False)
 
 
 def _registry_call(fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -96,12 +96,11 @@ def materialize_builtin(name: str) -> Path:
 
 
 def _convert_gguf(gguf_path: Path, target: Path) -> None:
-    from rich.console import Console
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    Console(stderr=True).print(
-        f"[dim]Converting {gguf_path.name} to safetensors once (cached in {target})[/dim]"
-    )
+    from tunesmith.progress import make_console
+
+    make_console().print(f"[dim]Converting {gguf_path.name} to safetensors once (cached in {target})[/dim]")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +73,39 @@ def test_run_writes_every_artifact_and_exits_1_on_missed_target(toy_config: Path
     proc = tunesmith("eval", str(run))
     assert proc.returncode == 1, proc.stderr
     assert (run / "eval" / "predictions.jsonl").read_text() == before
+
+
+def test_run_into_log_files_reads_line_by_line(toy_config: Path, tmp_path: Path) -> None:
+    """`tunesmith run cfg.yaml > run.out 2> run.log` (nohup, CI, a cluster job): plain progress lines for
+    training and both eval passes, and tables at full width: nothing cut off with `…`."""
+    # As a batch job sees it: no terminal anywhere, and no variable that makes rich act as if there were one.
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE")}
+    out_path, log_path = tmp_path / "run.out", tmp_path / "run.log"
+    with out_path.open("w") as out, log_path.open("w") as log:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tunesmith.cli", "run", str(toy_config), "train.max_steps=3"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=log,
+            timeout=600,
+            cwd=ROOT,
+            env=env,
+        )
+    text = log_path.read_text()
+    assert proc.returncode == 0, text
+    assert "…" not in text + out_path.read_text()
+    progress = [ln for ln in text.splitlines() if ln.startswith(("train step ", "eval base ", "eval tuned "))]
+    assert progress and not any("━" in ln for ln in progress), text
+    # Each under 30 s here: the first and the last step, the last with the val loss of step 3.
+    step = r"loss \d+\.\d{4}  lr \S+  \d+ tok/s"
+    assert re.fullmatch(rf"train step 1/3 \(33%\)  {step}  elapsed \S+  eta \S+", progress[0])
+    assert re.fullmatch(
+        rf"train step 3/3 \(100%\)  {step}  val \d+\.\d{{4}}  elapsed \S+  eta 0:00:00", progress[1]
+    )
+    for which in ("base", "tuned"):
+        end = [ln for ln in progress if ln.startswith(f"eval {which} ")][-1]
+        assert re.fullmatch(rf"eval {which} (\d+)/\1 \(100%\)  elapsed \d+:\d\d:\d\d  eta 0:00:00", end)
+    assert "delta (rel) [95% CI]" in text  # the eval table's header, on one line
 
 
 def test_bad_data_line_exits_1_without_run_dir(toy_config: Path) -> None:

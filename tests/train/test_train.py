@@ -65,6 +65,41 @@ def test_lora_changes_adapter_not_base_and_loss_falls(
     assert result.trainable_params < result.total_params
 
 
+def test_training_into_a_log_prints_complete_progress_lines(
+    toy_config: Path, tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off a terminal (`> run.log`, CI) each progress line is whole and parseable: no bar, nothing cut."""
+    import io
+    import re
+
+    import tunesmith.progress
+    from tunesmith.progress import WIDE_COLUMNS, make_console
+
+    monkeypatch.setattr(tunesmith.progress, "PLAIN_INTERVAL_S", 0.0)  # a line every step
+    monkeypatch.delenv("COLUMNS", raising=False)
+    cfg = load_config(toy_config)  # 6 steps, val every 3
+    out = io.StringIO()
+    console = make_console(file=out)
+    assert console.width == WIDE_COLUMNS
+    train(cfg, prepare(cfg, tokenizer), load_model(cfg.model), tokenizer, tmp_path, console)
+
+    text = out.getvalue()
+    assert "━" not in text and "…" not in text
+    line = re.compile(
+        r"train step (\d+)/6 \((\d+)%\)  loss (\d+\.\d{4})  lr (\d\.\d\de[-+]\d\d)  (\d+) tok/s"
+        r"(?:  val (\d+\.\d{4}))?  elapsed (\d+:\d\d:\d\d)  eta (\d+:\d\d:\d\d)"
+    )
+    rows = [line.fullmatch(ln) for ln in text.splitlines() if ln.startswith("train")]
+    assert rows and all(rows), text
+    matches = [m for m in rows if m is not None]
+    assert [int(m[1]) for m in matches] == [1, 2, 3, 4, 5, 6]
+    assert [int(m[2]) for m in matches] == [100 * s // 6 for s in range(1, 7)]
+    metrics = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [float(m[3]) for m in matches] == pytest.approx([r["loss"] for r in metrics], abs=1e-4)
+    assert [m[6] is not None for m in matches] == [False, False, True, True, True, True]  # val from step 3
+    assert matches[-1][8] == "0:00:00"  # nothing left
+
+
 def test_micro_batches_cover_each_epoch_once_and_group_lengths() -> None:
     import itertools
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from tunesmith.config import RunConfig
 from tunesmith.data.formats import Example
@@ -25,6 +25,7 @@ from tunesmith.eval.hallucination import unsupported_spans
 from tunesmith.eval.metrics import score_all
 from tunesmith.eval.perplexity import perplexity, sequence_nll, text_windows
 from tunesmith.io import atomic_write_json, atomic_write_text
+from tunesmith.progress import make_console, stage_progress
 from tunesmith.train.methods import MERGEABLE, PEFT_METHODS
 
 
@@ -91,7 +92,7 @@ def evaluate(
     Each pass also scores the reference answers' NLL (`perplexity`), times a few prompts alone
     (`latency_probe`), and runs the forgetting probe (`forgetting_probe`).
     """
-    console = console or Console(stderr=True)
+    console = console or make_console()
     ec = cfg.eval
     method = cfg.method.name
     if method not in PEFT_METHODS and load_base is None:
@@ -111,12 +112,13 @@ def evaluate(
     probe_windows = text_windows(tok, probe_text()) if ec.forgetting_probe else []
 
     outputs: dict[str, PassOutput] = {}
-    with Progress(
+    with stage_progress(
+        console,
+        "eval",
         TextColumn("[bold]eval {task.description}[/bold]"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
     ) as progress:
         for which in ("base", "tuned"):
             task = progress.add_task(which, total=len(prompts) + n_single + len(probe_prompts))

@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from tunesmith.io import atomic_dir, atomic_write_json, atomic_write_text
+from tunesmith.progress import make_console
 
 FORMATS = ("merged", "adapter", "gguf", "vllm")
 # vLLM's --max-lora-rank accepts these values (vllm/config/lora.py).
@@ -147,7 +148,7 @@ def export_run(
     from tunesmith.runner import load_run_config
     from tunesmith.train.methods import PEFT_METHODS, load_adapter, output_dir_name
 
-    console = console or Console(stderr=True)
+    console = console or make_console()
     merge_fn = merge_fn or merge
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")

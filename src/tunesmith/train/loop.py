@@ -12,19 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from tunesmith.config import RunConfig
 from tunesmith.data.pipeline import PreparedData
 from tunesmith.data.tokenize import Encoded
 from tunesmith.io import atomic_write_text, default_threads
+from tunesmith.progress import make_console, stage_progress
 from tunesmith.train.batching import (
     BatchStream,
     StepStats,
@@ -228,7 +222,7 @@ def train(
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    console = console or Console(stderr=True)
+    console = console or make_console()
     tc = cfg.train
     # ---- setup
     torch.set_num_threads(tc.threads or default_threads())
@@ -360,19 +354,19 @@ def train(
     t0 = time.perf_counter() - state.elapsed_s
 
     # ---- loop
-    progress = Progress(
+    progress = stage_progress(
+        console,
+        "train",
         TextColumn("[bold]train[/bold]"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console,
-        transient=False,
     )
     val_before: dict[str, float] | None = None
     with progress, metrics_path.open("a", encoding="utf-8") as log:
-        task = progress.add_task("train", total=steps, completed=state.step, info="")
+        task = progress.add_task("step", total=steps, completed=state.step, info="")
         if val_set and state.step == 0 and end > 0:
             # Held-out loss before any update: the baseline every later val_loss is read against.
             val_before = mean_loss(val_objective, model, val_set, tc.batch_size, pad_id)
