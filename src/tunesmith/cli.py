@@ -170,6 +170,59 @@ def plan(
         raise typer.Exit(3)
 
 
+@app.command("init")
+def init_cmd(
+    data: Annotated[list[Path], typer.Argument(help="Your data file(s) or folder, as they are.")],
+    out: Annotated[Path, typer.Option(help="Where to write the config.")] = Path("tunesmith.yaml"),
+    model: Annotated[str, typer.Option(help="Base model (its tokenizer measures the lengths).")] = (
+        "builtin:smollm2-135m-instruct"
+    ),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing config.")] = False,
+    plan: Annotated[bool, typer.Option(help="Then check the data and print the pre-flight and plan.")] = True,
+) -> None:
+    """Read your data, detect its format, columns, labels and lengths, and write a commented config.
+
+    Then `tunesmith run` on the written file trains and evaluates it. Exit 1 when the data cannot be read
+    or understood (the message says which columns were seen and what to set)."""
+    from tunesmith.data.init import InitError, write_config
+    from tunesmith.models import load_tokenizer, resolve_model
+
+    try:
+        model_path = resolve_model(model)
+        tok = load_tokenizer(model_path)
+        context = _context_length(model_path)
+        profile, path = write_config([str(p) for p in data], out, model, tok, context, force)
+    except (InitError, DataError, ModelError) as e:
+        raise _fail(e) from None
+    columns = profile.mapping.model_dump(exclude_defaults=True)
+    console.print(
+        f"{profile.rows:,} {profile.layout} rows; answers: {profile.answers}"
+        + (f" ({len(profile.labels)} labels)" if profile.labels else "")
+        + (f"; columns: {columns}" if columns else "; standard column names")
+        + (f"; test file: {profile.test[0]}" if profile.test else "")
+    )
+    for note in profile.notes:
+        console.print(f"[dim]{note}[/dim]")
+    console.print(f"[green]wrote {path}[/green]; next: tunesmith run {path}")
+    if plan:
+        from tunesmith.runner import check_data, plan_on_this_machine
+
+        cfg = _config(path, None)
+        try:
+            model_path, _, prepared = check_data(cfg, console)
+        except (DataError, ModelError) as e:
+            raise _fail(e) from None
+        plan_on_this_machine(cfg, model_path, prepared, console)
+
+
+def _context_length(model_path: str) -> int:
+    """The model's context window (max_position_embeddings), from its config alone."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    return int(getattr(config, "max_position_embeddings", 2048) or 2048)
+
+
 @data_app.command("check")
 def data_check(
     config: ConfigArg,
