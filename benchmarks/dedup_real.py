@@ -130,10 +130,15 @@ def previous_rule_drops(rows: list[dict[str, str]]) -> int:
 
 
 def identical_sets_with_two_intents(rows: list[dict[str, str]], content: bool) -> int:
-    by_set: dict[frozenset[bytes], set[str]] = {}
+    """Pairs of rows with two different intents whose queries are the same word set."""
+    by_set: dict[frozenset[bytes], Counter[str]] = {}
     for r in rows:
-        by_set.setdefault(frozenset(_words(r["query"], content)), set()).add(r["intent"])
-    return sum(len(v) * (len(v) - 1) // 2 for v in by_set.values() if len(v) > 1)
+        by_set.setdefault(frozenset(_words(r["query"], content)), Counter())[r["intent"]] += 1
+    pairs = 0
+    for intents in by_set.values():
+        n = sum(intents.values())
+        pairs += (n * n - sum(c * c for c in intents.values())) // 2
+    return pairs
 
 
 def current_stage(work: Path) -> dict[str, Any]:

@@ -78,6 +78,8 @@ def test_readability_and_facts() -> None:
     text = "The refund was sent on Monday. It should arrive within three working days."
     assert readability(text) == pytest.approx(textstat.flesch_kincaid_grade(text))
     assert readability("") is None
+    # Words outside the pronunciation dictionary (names, a tiny model's nonsense) are scored, not an error.
+    assert readability("Ledgerly routes ensoryensoryensory tickets") is not None
     assert facts_coverage("Queue: Payroll, priority P2.", ["payroll", "P2", "P1"]) == pytest.approx(2 / 3)
     assert facts_coverage("P21", ["P2"]) == 0.0  # whole words only
     assert facts_coverage("anything", []) is None
