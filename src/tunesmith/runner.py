@@ -316,7 +316,7 @@ def _evaluate(
     """Generation eval for sft/dpo; label probabilities (classify) or held-out loss (pretrain) otherwise."""
     load_base = _base_loader(cfg, model_path, model.device, data.preflight.get("class_labels"))
     if cfg.train.objective in ("classify", "pretrain"):
-        return evaluate_heldout(cfg, run_dir, model, tok, data, load_base=load_base)
+        return evaluate_heldout(cfg, run_dir, model, tok, data, load_base=load_base, console=console)
     return evaluate(cfg, run_dir, model, tok, data.test.examples, console, load_base=load_base)
 
 

@@ -21,10 +21,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
 from tunesmith.config import RunConfig
 from tunesmith.data.pipeline import PreparedData
 from tunesmith.eval.compare import compare
 from tunesmith.io import atomic_write_json, atomic_write_text
+from tunesmith.progress import make_console, stage_progress
+
+Advance = Callable[[int], None]
 
 
 @contextlib.contextmanager
@@ -41,7 +47,9 @@ def _base_of(model: Any, load_base: Callable[[], Any] | None) -> Iterator[Any]:
             yield model
 
 
-def _class_probs(model: Any, items: list[Any], batch_size: int, pad_id: int) -> list[list[float]]:
+def _class_probs(
+    model: Any, items: list[Any], batch_size: int, pad_id: int, advance: Advance
+) -> list[list[float]]:
     import torch
 
     from tunesmith.train.objectives import ClassifyObjective
@@ -58,11 +66,14 @@ def _class_probs(model: Any, items: list[Any], batch_size: int, pad_id: int) -> 
                 input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
             ).logits.float()
             out += torch.softmax(logits, -1).tolist()
+            advance(len(batch["input_ids"]))
     model.train(was)
     return out
 
 
-def _block_losses(model: Any, items: list[Any], batch_size: int, pad_id: int) -> list[float]:
+def _block_losses(
+    model: Any, items: list[Any], batch_size: int, pad_id: int, advance: Advance
+) -> list[float]:
     import torch
 
     from tunesmith.train.batching import collate, loss_tokens, token_loss_sum
@@ -73,6 +84,7 @@ def _block_losses(model: Any, items: list[Any], batch_size: int, pad_id: int) ->
     with torch.no_grad():
         for item in items:  # one block at a time: a loss per block for the paired bootstrap
             out.append(float(token_loss_sum(model, collate([item], pad_id))) / max(loss_tokens([item]), 1))
+            advance(1)
     model.train(was)
     return out
 
@@ -84,6 +96,29 @@ def evaluate_heldout(
     tok: Any,
     data: PreparedData,
     load_base: Callable[[], Any] | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Base then tuned over every test item, with progress (a bar, or plain lines in a log)."""
+    progress = stage_progress(
+        console or make_console(),
+        "eval",
+        TextColumn("[bold]eval {task.description}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with progress:
+        return _evaluate_heldout(cfg, run_dir, model, tok, data, load_base, progress)
+
+
+def _evaluate_heldout(
+    cfg: RunConfig,
+    run_dir: Path,
+    model: Any,
+    tok: Any,
+    data: PreparedData,
+    load_base: Callable[[], Any] | None,
+    progress: Any,
 ) -> dict[str, Any]:
     from sklearn.metrics import f1_score
 
@@ -94,13 +129,18 @@ def evaluate_heldout(
     if cfg.eval.limit:
         items, examples = items[: cfg.eval.limit], examples[: cfg.eval.limit]
     bs = cfg.eval.batch_size
+
+    def advancer(which: str) -> Advance:
+        task = progress.add_task(which, total=len(items))
+        return lambda n: progress.advance(task, n)
+
     preds: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
     if objective == "classify":
         names: list[str] = data.preflight["class_labels"]
         with _base_of(model, load_base) as base:
-            base_p = _class_probs(base, items, bs, pad_id)
-        tuned_p = _class_probs(model, items, bs, pad_id)
+            base_p = _class_probs(base, items, bs, pad_id, advancer("base"))
+        tuned_p = _class_probs(model, items, bs, pad_id, advancer("tuned"))
         gold = [e.label_id for e in items]
         base_pred = [max(range(len(p)), key=p.__getitem__) for p in base_p]
         tuned_pred = [max(range(len(p)), key=p.__getitem__) for p in tuned_p]
@@ -128,8 +168,8 @@ def evaluate_heldout(
         primary = "accuracy"
     elif objective == "pretrain":
         with _base_of(model, load_base) as base:
-            b = _block_losses(base, items, bs, pad_id)
-        t = _block_losses(model, items, bs, pad_id)
+            b = _block_losses(base, items, bs, pad_id, advancer("base"))
+        t = _block_losses(model, items, bs, pad_id, advancer("tuned"))
         scores_b, scores_t = {"held_out_loss": b}, {"held_out_loss": t}
         extra["perplexity"] = {
             "base": math.exp(sum(b) / max(len(b), 1)),
