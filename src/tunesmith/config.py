@@ -369,6 +369,12 @@ class TrainConfig(_Strict):
         "`pip install tunesmith[track]`).",
     )
     lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
+    head_lr: float | None = Field(
+        None,
+        gt=0,
+        description="`classify`: peak learning rate of the new classification head, its own parameter group "
+        "(default: HEAD_LR_RATIO x `lr`; a freshly initialised head trained at an adapter's rate barely moves).",
+    )
     epochs: float = Field(
         1.0, gt=0, description="Passes over the training split (ignored when max_steps is set)."
     )

@@ -306,3 +306,23 @@ def test_qlora_on_gpu_trains_a_4bit_base(tiny_model_dir: Path, tokenizer: Any) -
     prompts = [encode_prompt(tokenizer, [{"role": "user", "content": "my refund"}])]
     (out,) = generate(model, tokenizer, prompts, 4, 1, [tokenizer.eos_token_id])
     assert out.new_tokens > 0
+
+
+def test_classify_head_gets_its_own_learning_rate(tiny_model_dir: Path) -> None:
+    from tunesmith.config import TrainConfig
+    from tunesmith.models import load_classifier
+    from tunesmith.train.methods import HEAD_LR_RATIO, param_groups
+
+    model = apply_method(
+        load_classifier(str(tiny_model_dir), ["a", "b", "c"], pad_token_id=0), MethodConfig(name="lora")
+    )
+    head = {id(p) for n, p in model.named_parameters() if p.requires_grad and ".score." in n}
+    assert head  # peft's modules_to_save copy of the head is trainable
+    default = param_groups(model, TrainConfig(objective="classify", lr=1e-4))
+    assert {id(p) for p in default[2]["params"]} == head and default[2]["lr_scale"] == HEAD_LR_RATIO
+    assert not head & {id(p) for g in default[:2] for p in g["params"]}
+    set_ = param_groups(model, TrainConfig(objective="classify", lr=1e-4, head_lr=3e-3))
+    assert set_[2]["lr_scale"] == pytest.approx(30.0)
+    # Generation objectives have no head: two groups, every trainable parameter in one of them.
+    sft = param_groups(apply_method(load_model(str(tiny_model_dir)), MethodConfig(name="lora")), TrainConfig())
+    assert len(sft) == 2 and all("lr_scale" not in g for g in sft)

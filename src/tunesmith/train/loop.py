@@ -48,6 +48,7 @@ from tunesmith.train.methods import (
     count_parameters,
     describe_parameters,
     output_dir_name,
+    param_groups,
     save_trained,
 )
 from tunesmith.train.monitor import ValMonitor
@@ -291,14 +292,9 @@ def train(
             load_weights(last, model)
         shard_model(model, world, accelerator.device)
         report_share(model, rank, world)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=tc.lr,
-        betas=(0.9, 0.999),
-    )
+    groups = param_groups(model, tc)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=(0.9, 0.999))
     if sharded:
         pass  # FSDP's sharded parameters, gradients and optimizer state: no accelerate wrapper
     elif world > 1:
@@ -374,7 +370,7 @@ def train(
         for step in range(state.step, end):
             lr = get_lr(step, steps, warmup, tc.lr, tc.min_lr_ratio)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # the head's group runs at head_lr
             step_start = time.perf_counter()
             micro = [next(batches) for _ in range(tc.grad_accum)]
             epoch = micro[-1][0]
