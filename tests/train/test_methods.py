@@ -324,5 +324,7 @@ def test_classify_head_gets_its_own_learning_rate(tiny_model_dir: Path) -> None:
     set_ = param_groups(model, TrainConfig(objective="classify", lr=1e-4, head_lr=3e-3))
     assert set_[2]["lr_scale"] == pytest.approx(30.0)
     # Generation objectives have no head: two groups, every trainable parameter in one of them.
-    sft = param_groups(apply_method(load_model(str(tiny_model_dir)), MethodConfig(name="lora")), TrainConfig())
+    sft = param_groups(
+        apply_method(load_model(str(tiny_model_dir)), MethodConfig(name="lora")), TrainConfig()
+    )
     assert len(sft) == 2 and all("lr_scale" not in g for g in sft)
