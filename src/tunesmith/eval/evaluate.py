@@ -79,8 +79,10 @@ def evaluate(
     test: list[Example],
     console: Console | None = None,
     load_base: Callable[[], Any] | None = None,
+    out_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Base and tuned `model` generate on the same test prompts.
+    """Base and tuned `model` generate on the same test prompts; results go to `out_dir` (default
+    run_dir/eval; `tune` scores its trials on the val split into another folder).
 
     Peft methods: the base is the same weights with the adapter disabled (no second copy). A full
     fine-tune changed the weights themselves, so `load_base` loads the original model again from its
@@ -187,7 +189,7 @@ def evaluate(
     order = ec.metric_names()
     rows.sort(key=lambda r: order.index(r.metric) if r.metric in order else len(order))
 
-    out_dir = run_dir / "eval"
+    out_dir = out_dir or run_dir / "eval"
     want_spans = "hallucination" in ec.metrics
     preds = []
     for i, ex in enumerate(examples):

@@ -97,8 +97,11 @@ def evaluate_heldout(
     data: PreparedData,
     load_base: Callable[[], Any] | None = None,
     console: Console | None = None,
+    split: str = "test",
+    out_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Base then tuned over every test item, with progress (a bar, or plain lines in a log)."""
+    """Base then tuned over every item of `split` (test; `tune` scores its trials on val), with progress
+    (a bar, or plain lines in a log); results go to `out_dir` (default run_dir/eval)."""
     progress = stage_progress(
         console or make_console(),
         "eval",
@@ -108,24 +111,28 @@ def evaluate_heldout(
         TimeElapsedColumn(),
     )
     with progress:
-        return _evaluate_heldout(cfg, run_dir, model, tok, data, load_base, progress)
+        return _evaluate_heldout(
+            cfg, out_dir or run_dir / "eval", model, tok, data, load_base, progress, split
+        )
 
 
 def _evaluate_heldout(
     cfg: RunConfig,
-    run_dir: Path,
+    out_dir: Path,
     model: Any,
     tok: Any,
     data: PreparedData,
     load_base: Callable[[], Any] | None,
     progress: Any,
+    split: str,
 ) -> dict[str, Any]:
     from sklearn.metrics import f1_score
 
     objective = cfg.train.objective
     pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    items = list(data.test.encoded)
-    examples = list(data.test.examples)
+    part = getattr(data, split)
+    items = list(part.encoded)
+    examples = list(part.examples)
     if cfg.eval.limit:
         items, examples = items[: cfg.eval.limit], examples[: cfg.eval.limit]
     bs = cfg.eval.batch_size
@@ -192,7 +199,6 @@ def _evaluate_heldout(
 
     rows = compare(scores_b, scores_t, cfg.parsed_targets(), seed=cfg.train.seed)
     failed = [r.metric for r in rows if r.status == "FAIL"]
-    out_dir = run_dir / "eval"
     atomic_write_text(
         out_dir / "predictions.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds)
     )
