@@ -126,7 +126,7 @@ def plan(
     from the model's config and the prepared data, without loading weights. Exit 3 when no planned method fits."""
     import json
 
-    from tunesmith.runner import check_data
+    from tunesmith.runner import check_data, resolve_recipe
     from tunesmith.train.plan import (
         DataStats,
         make_plan,
@@ -142,6 +142,7 @@ def plan(
     quiet = make_console(quiet=as_json)
     try:
         model_path, tok, data = check_data(cfg, quiet)
+        cfg = resolve_recipe(cfg, model_path, data, quiet)
         device = target_device(gpu, cfg.train.threads)
         stats = DataStats.from_prepared(data)
         plans = [make_plan(cfg, model_path, stats, device, m) for m in names]
@@ -205,14 +206,16 @@ def init_cmd(
         console.print(f"[dim]{note}[/dim]")
     console.print(f"[green]wrote {path}[/green]; next: tunesmith run {path}")
     if plan:
-        from tunesmith.runner import check_data, plan_on_this_machine
+        from tunesmith.runner import check_data, plan_on_this_machine, resolve_recipe
 
         cfg = _config(path, None)
         try:
             model_path, _, prepared = check_data(cfg, console)
         except (DataError, ModelError) as e:
             raise _fail(e) from None
-        plan_on_this_machine(cfg, model_path, prepared, console)
+        plan_on_this_machine(
+            resolve_recipe(cfg, model_path, prepared, console), model_path, prepared, console
+        )
 
 
 def _context_length(model_path: str) -> int:

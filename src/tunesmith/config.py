@@ -356,8 +356,10 @@ class TrainConfig(_Strict):
         description="`sft`: instruction/chat rows, loss on assistant turns. `pretrain`: continued pre-training "
         "on raw text ({text} rows, .txt/.md folders) packed into full max_length blocks, loss on every token. "
         "`dpo`: preference pairs ({prompt, chosen, rejected}); the reference model is the base with the adapter "
-        "disabled. `classify`: a sequence-classification head on the last prompt token, trained on labelled rows "
-        "(CSV text,label or any rows whose answer is the label); evaluated as accuracy/F1 with label probabilities.",
+        "disabled. `classify`: a sequence-classification head on the last prompt token (an encoder base: on its "
+        "[CLS] token, plain text without a chat template or system prompt; methods full, lora, dora, ia3), trained "
+        "on labelled rows (CSV text,label or any rows whose answer is the label); evaluated as accuracy/F1 with "
+        "label probabilities.",
     )
     dpo_beta: float = Field(
         0.1, gt=0, description="DPO: strength of the pull towards the reference model (higher: stay closer)."
@@ -367,6 +369,16 @@ class TrainConfig(_Strict):
         description="Experiment trackers that also receive every metrics.jsonl record (through accelerate): "
         "`tensorboard` (logs under the run's `tracking/`), `mlflow`, `wandb` (each needs its package: "
         "`pip install tunesmith[track]`).",
+    )
+    recipe: Literal["auto", "manual"] = Field(
+        "auto",
+        description="`auto`: the settings below that the config leaves out are derived from the data and the "
+        "method, each printed with its reason and stored in the run's manifest (`recipe`): `lr` 1e-3 for "
+        "lora/dora/qlora on a base under 1B parameters, 2e-4 from 1B; ia3 3e-3; full 5e-5 (prefix, prompt: "
+        "the default below); `batch_size` 16 when 95% of the training examples are at most 256 tokens, 8 up to "
+        "1024, else 4; `epochs` (without `max_steps`) enough for 150 optimizer steps, 1 to 3; `eval_every` "
+        "about 8 evaluations per run (at least every 10 steps). What you set is kept. `manual`: the defaults "
+        "below as they are.",
     )
     lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
     head_lr: float | None = Field(
@@ -522,6 +534,15 @@ class EvalConfig(_Strict):
         None, description="The metric the verdict and report lead with (default: the first metric)."
     )
     max_new_tokens: int = Field(64, gt=0, le=4096, description="Generation budget per test example.")
+    constrain: Literal["auto", "off"] = Field(
+        "auto",
+        description="`auto`: when the training answers form a closed set, test answers are decoded inside "
+        "it, in eval and in `serve`: labels (at most 512 distinct answers of at most 6 words, 2+ rows each "
+        "on average) through a prefix tree over their tokens; JSON objects (every answer one) through the "
+        "schema they imply (keys, types, `enum` for string fields of at most 64 values seen 3+ times each "
+        "on average), with lm-format-enforcer. For labels the report adds the share of unconstrained "
+        "outputs that were no label. `off`: free generation.",
+    )
     batch_size: int = Field(16, gt=0, description="Prompts generated together (left-padded, KV cache).")
     limit: int | None = Field(None, gt=0, description="Evaluate only the first N test examples.")
     samples_in_report: int = Field(12, ge=0, description="Side-by-side examples shown in the report.")
@@ -594,6 +615,162 @@ def parse_target(metric: str, spec: str | float) -> Target:
     return Target(metric, m.group(1), float(m.group(2)))
 
 
+# --------------------------------------------------------------------------------------------------
+# `tunesmith tune`: the search space and its limits
+
+# Dimension -> its kind: `float`/`int` take ranges or lists, `choice` takes lists of names.
+TUNE_DIMENSIONS: dict[str, Literal["float", "int", "choice"]] = {
+    "train.lr": "float",
+    "train.epochs": "float",
+    "train.max_steps": "int",
+    "train.batch_size": "int",
+    "train.head_lr": "float",
+    "train.objective": "choice",
+    "method.name": "choice",
+    "method.r": "int",
+    "method.alpha": "float",
+    "method.dropout": "float",
+}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
+
+
+def parse_duration(text: str | float) -> float:
+    """`45m`, `2h`, `1h30m`, `90s`, or a number of seconds -> seconds."""
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        s = str(text).strip().lower().replace(" ", "")
+        if re.fullmatch(r"\d+(?:\.\d+)?", s):
+            seconds = float(s)
+        elif s and _DURATION_RE.sub("", s) == "":
+            unit = {"h": 3600.0, "m": 60.0, "s": 1.0}
+            seconds = sum(float(n) * unit[u] for n, u in _DURATION_RE.findall(s))
+        else:
+            raise ValueError(f"{text!r} is not a duration like 45m, 2h, 1h30m or 90s")
+    if seconds <= 0:
+        raise ValueError(f"duration {text!r} must be more than 0 seconds")
+    return seconds
+
+
+TuneScalar = bool | int | float | str
+
+
+class TuneRange(_Strict):
+    """A numeric range of one search dimension."""
+
+    low: float = Field(..., description="Smallest value.")
+    high: float = Field(..., description="Largest value.")
+    log: bool | None = Field(
+        None, description="Sample on a log scale (default: yes for learning rates, no otherwise)."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TuneRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g}); a single value fixes it")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low:g}")
+        return self
+
+
+def _check_dimension(name: str, value: Any) -> str | None:
+    """What is wrong with `name: value` in tune.space (None: nothing)."""
+    kind = TUNE_DIMENSIONS.get(name)
+    if kind is None:
+        close = difflib.get_close_matches(name, list(TUNE_DIMENSIONS), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(TUNE_DIMENSIONS)}"
+        return f"{name}: not a search dimension ({hint})"
+    if isinstance(value, TuneRange):
+        if kind == "choice":
+            return f"{name}: takes a value or a list of names, not a range"
+        if kind == "int" and not (value.low.is_integer() and value.high.is_integer()):
+            return f"{name}: an integer range needs whole numbers, got {value.low:g}..{value.high:g}"
+        return None
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        return f"{name}: an empty list; give a value, a list of values or {{low, high}}"
+    for v in values:
+        numeric = isinstance(v, int | float) and not isinstance(v, bool)
+        if kind == "choice" and not isinstance(v, str):
+            return f"{name}: {v!r} is not a name"
+        if kind != "choice" and not numeric:
+            return f"{name}: {v!r} is not a number"
+        if kind == "int" and numeric and not float(v).is_integer():
+            return f"{name}: {v!r} is not a whole number"
+    return None
+
+
+class TuneConfig(_Strict):
+    """`tunesmith tune`: trials of train + val scoring until the targets pass on val, or the budget ends.
+    The space holds every dimension that applies to the config (README, "Tune"); `space` narrows or fixes it."""
+
+    budget: str | None = Field(
+        None,
+        description="Wall-clock time of one `tunesmith tune` worker, e.g. `45m`, `2h`, `1h30m` (`--budget` "
+        "overrides it). A trial that would not finish in the time left does not start.",
+    )
+    trials: int | None = Field(
+        None,
+        gt=0,
+        description="Trials of the study, all workers and resumes together: complete, pruned, or failed with "
+        "an error (a killed trial does not count). `--trials` overrides it.",
+    )
+    space: dict[str, TuneRange | list[TuneScalar] | TuneScalar] = Field(
+        default_factory=dict,
+        description="Dimension -> a value (fixed: not searched), a list (choices) or `{low, high, log}` (a "
+        f"range). Dimensions: {', '.join(TUNE_DIMENSIONS)}. Dimensions left out keep their defaults.",
+    )
+    first_trials: list[dict[str, TuneScalar]] | None = Field(
+        None,
+        description="Trials run first, in order (dimension -> value; the rest sampled). Default: the config's "
+        "own recipe (its values that lie in the space), so the search starts from what you wrote.",
+    )
+    val_limit: int | None = Field(
+        200,
+        gt=0,
+        description="Val examples each trial is scored on (the first N; null: all). The chosen trial is then "
+        "scored once on the whole test split.",
+    )
+    stop: Literal["met", "pass", "never"] = Field(
+        "met",
+        description="When the search ends before its budget: `met`, a trial whose val scores meet every target; "
+        "`pass`, one whose val 95% CIs clear every target (the run verdict's PASS); `never`, use the whole budget.",
+    )
+    pruner: Literal["median", "halving", "none"] = Field(
+        "median",
+        description="Stop weak trials at a val evaluation (every train.eval_every steps): `median`, worse than "
+        "the median of earlier trials at that step (Optuna's MedianPruner); `halving`, Optuna's "
+        "SuccessiveHalvingPruner; `none`.",
+    )
+    prune_startup_trials: int = Field(
+        2, ge=0, description="Complete trials before any trial can be pruned."
+    )
+    prune_warmup_evals: int = Field(
+        1, ge=0, description="Val evaluations of a trial before it can be pruned (early val loss is noisy)."
+    )
+    startup_trials: int = Field(
+        5, ge=0, description="Random trials before the TPE sampler models the results (first_trials included)."
+    )
+
+    @field_validator("budget", mode="after")
+    @classmethod
+    def _duration(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+    @model_validator(mode="after")
+    def _dimensions(self) -> TuneConfig:
+        problems = [p for name, value in self.space.items() if (p := _check_dimension(name, value))]
+        for i, trial in enumerate(self.first_trials or []):
+            problems += [f"first_trials[{i}].{p}" for n, v in trial.items() if (p := _check_dimension(n, v))]
+        if "train.epochs" in self.space and "train.max_steps" in self.space:
+            problems.append("give train.epochs or train.max_steps, not both (max_steps overrides epochs)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class RunConfig(_Strict):
     """The whole configuration of one run (`tunesmith.yaml`)."""
 
@@ -604,7 +781,8 @@ class RunConfig(_Strict):
     )
     model: str = Field(
         "builtin:smollm2-135m-instruct",
-        description="Base model: `builtin:smollm2-135m-instruct`, a local Hugging Face model folder, a hub id (needs internet), "
+        description="Base model: `builtin:smollm2-135m-instruct`, `builtin:all-minilm-l6-v2` (a BERT encoder, for "
+        "`train.objective: classify` only), a local Hugging Face model folder, a hub id (needs internet), "
         "or `run:ID`, a registered run in `runs_dir` to continue fine-tuning from (its merged weights; the new run's "
         "manifest names it as parent).",
     )
@@ -618,6 +796,11 @@ class RunConfig(_Strict):
     targets: dict[str, str | float] = Field(
         default_factory=dict,
         description='Success criteria, metric -> condition, e.g. `accuracy: ">= 0.8"`. A missed target makes `tunesmith run` exit 1.',
+    )
+    tune: TuneConfig | None = Field(
+        None,
+        description="`tunesmith tune`: the search space and its limits (optional; the command searches the "
+        "dimensions that apply to the config without it).",
     )
 
     @field_validator("runs_dir", mode="after")
@@ -694,14 +877,27 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {len(self.issues)} problem(s) in the configuration:\n{lines}")
 
 
+def _section(ann: Any) -> type[BaseModel] | None:
+    """The model of a nested section, also an optional one (`TuneConfig | None`)."""
+    import types
+    import typing
+
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            return args[0]
+    return None
+
+
 def _model_for(path: tuple[str | int, ...]) -> type[BaseModel] | None:
     """The pydantic model that owns the field at `path` (for 'did you mean' suggestions)."""
     model: type[BaseModel] | None = RunConfig
     for part in path:
         if model is None or not isinstance(part, str) or part not in model.model_fields:
             return None
-        ann = model.model_fields[part].annotation
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        model = _section(model.model_fields[part].annotation)
     return model
 
 
@@ -827,9 +1023,10 @@ def config_reference() -> str:
         for name, f in model.model_fields.items():
             ann = f.annotation
             key = f"{prefix}{name}"
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
+            section = _section(ann)
+            if section is not None:
                 lines.append(f"| `{key}` | section | | {f.description or ''} |")
-                walk(ann, key + ".")
+                walk(section, key + ".")
                 continue
             if f.is_required():
                 default = "required"

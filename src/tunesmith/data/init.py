@@ -492,6 +492,8 @@ def render_config(p: DataProfile, config_dir: Path, model: str, max_length: int,
         "train:",
         f"  objective: {objective}",
         f"  max_length: {max_length}  # the longest 1% of examples, rounded up (tokens)",
+        "  # lr, batch_size, epochs and eval_every are derived from the data (train.recipe: auto; printed",
+        "  # at the start of the run); set any of them here to fix it.",
         "",
     ]
     eval_lines, targets = _eval_block(p, max_new_tokens)

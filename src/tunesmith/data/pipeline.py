@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import RunConfig
+from tunesmith.data.answers import FREE, AnswerSpace, infer_answer_space
 from tunesmith.data.formats import Example, example_to_row
 from tunesmith.data.stream import build_splits, read_split
 from tunesmith.data.tokenize import (
@@ -23,7 +24,9 @@ from tunesmith.data.tokenize import (
     TemplateError,
     TooLongError,
     encode_chat,
+    encode_plain,
     encode_prompt,
+    reads_plain_text,
     render_parity,
     stop_token_ids,
 )
@@ -97,6 +100,12 @@ def encode_split(
     issues: list[DataIssue] = []
     counts: Counter[str] = Counter()
     want = _KIND_FOR[objective]
+    # An encoder (classify only) reads `[CLS] text [SEP]`, at most as many tokens as it has positions.
+    plain = objective == "classify" and reads_plain_text(tok)
+    positions = getattr(tok, "model_max_length", None)
+    limit = (
+        min(max_length, positions) if plain and isinstance(positions, int) and positions > 0 else max_length
+    )
     for ex in examples:
         file, line = _src(ex.source)
         if ex.kind != want:
@@ -122,19 +131,21 @@ def encode_split(
                     )
                 )
                 continue
-            ids = encode_prompt(tok, ex.messages)
-            if len(ids) > max_length:
+            ids = encode_plain(tok, ex.messages) if plain else encode_prompt(tok, ex.messages)
+            if len(ids) > limit:
                 counts["overlength"] += 1
                 if on_overlength == "error":
-                    issues.append(
-                        DataIssue(file, line, "", str(TooLongError(len(ids), max_length)), "too_long")
-                    )
+                    why = str(TooLongError(len(ids), max_length))
+                    if limit < max_length:
+                        why = f"is {len(ids)} tokens long, over the encoder's {limit} positions"
+                    issues.append(DataIssue(file, line, "", why, "too_long"))
                     continue
                 if on_overlength == "drop":
                     counts["overlength_dropped"] += 1
                     continue
                 counts["overlength_truncated"] += 1
-                ids = ids[:max_length]  # the head reads the last token kept
+                # A decoder's head reads the last token kept; an encoder's reads [CLS], its [SEP] stays.
+                ids = encode_plain(tok, ex.messages, limit) if plain else ids[:limit]
             kept.append(ex)
             encoded.append(ClassEncoded(ids, (label_index or {})[label]))
             continue
@@ -207,6 +218,15 @@ def _lengths_summary(lengths: Sequence[int]) -> dict[str, float]:
     }
 
 
+def _input_summary(plain: bool, train: Sequence[Example]) -> dict[str, Any]:
+    """How the model reads its input: `chat` (the chat template) or `plain` (an encoder's `[CLS] text
+    [SEP]`, which leaves the system prompt out: counted, so the pre-flight can say so)."""
+    if not plain:
+        return {"format": "chat"}
+    with_system = sum(1 for ex in train if any(m["role"] == "system" for m in ex.messages))
+    return {"format": "plain", "system_prompt_ignored": with_system}
+
+
 def prepare(
     cfg: RunConfig,
     tok: PreTrainedTokenizerBase,
@@ -242,7 +262,8 @@ def prepare(
         for e in tr
         if any(t in stops and lab != IGNORE for t, lab in zip(e.input_ids, e.labels, strict=True))
     )
-    parity_sample = [ex for ex in splits["train"].examples[:200] if ex.messages]
+    plain = cfg.train.objective == "classify" and reads_plain_text(tok)  # an encoder: no chat template
+    parity_sample = [] if plain else [ex for ex in splits["train"].examples[:200] if ex.messages]
     parity_ok = sum(1 for ex in parity_sample if render_parity(tok, ex.messages))
     labels = {k: dict(Counter(e.label for e in v.examples if e.label is not None)) for k, v in splits.items()}
     preflight: dict[str, Any] = {
@@ -263,9 +284,18 @@ def prepare(
         "overlength": overlength,
         "labels": labels if any(labels.values()) else {},
         "stop_token_ids": stops,
+        "input": _input_summary(plain, splits["train"].examples),
+        "answer_space": _answer_space(cfg, splits["train"].examples).as_dict(),
         **cs.report,
     }
     return PreparedData(splits["train"], splits["val"], splits["test"], preflight)
+
+
+def _answer_space(cfg: RunConfig, train: list[Example]) -> AnswerSpace:
+    """What the generated answers are (labels, JSON, free text): eval and serve decode inside it."""
+    if cfg.train.objective not in ("sft", "dpo"):
+        return FREE
+    return infer_answer_space([ex.reference for ex in train if ex.kind != "text" and ex.messages])
 
 
 def write_prepared(data: PreparedData, out_dir: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from tunesmith.data.answers import AnswerSpace
 from tunesmith.io import atomic_write_text
 
 
@@ -170,11 +171,9 @@ def write_preflight_html(pre: dict[str, Any], path: Path, title: str = "pre-flig
                 ("tokens per epoch (train)", f"{pre['tokens_per_epoch']:,}"),
                 ("share of tokens under the loss", f"{100 * pre['share_under_loss']:.1f}%"),
                 ("examples whose EOS is trained", f"{100 * pre['eos_trained_share']:.0f}%"),
-                (
-                    "train/serve template parity",
-                    f"{pre['template_parity']['identical']}/{pre['template_parity']['checked']}",
-                ),
+                ("train/serve template parity", parity_line(pre)),
                 ("over max_length", {k: v for k, v in pre["overlength"].items() if v} or "none"),
+                ("answers", answers_line(pre) or "free text"),
             ]
         ),
         f"<img alt='token lengths' src='data:image/png;base64,{length_histogram(pre['token_lengths'], pre['max_length'])}'>",
@@ -235,6 +234,26 @@ def write_preflight_html(pre: dict[str, Any], path: Path, title: str = "pre-flig
     return path
 
 
+def answers_line(pre: dict[str, Any]) -> str:
+    """What the training answers are, and so how eval and serve decode (eval.constrain: auto)."""
+    space = AnswerSpace.from_dict(pre.get("answer_space"))
+    if space.kind == "free":
+        return ""
+    return f"{space.describe()}: eval and serve decode inside it (eval.constrain)"
+
+
+def parity_line(pre: dict[str, Any]) -> str:
+    """Template parity, or for an encoder (no chat template) how it reads its input instead."""
+    inp = pre.get("input") or {}
+    if inp.get("format") == "plain":
+        n = inp.get("system_prompt_ignored", 0)
+        return "none: an encoder reads plain text, [CLS] text [SEP]" + (
+            f" (the system prompt of {n} train example(s) left out)" if n else ""
+        )
+    tp = pre["template_parity"]
+    return f"{tp['identical']}/{tp['checked']} identical token ids"
+
+
 def print_preflight(pre: dict[str, Any], console: Console) -> None:
     ct = clean_totals(pre)
     t = Table(title="pre-flight", show_header=False, title_justify="left")
@@ -274,8 +293,9 @@ def print_preflight(pre: dict[str, Any], console: Console) -> None:
         f"{pre['tokens_per_epoch']:,} ({100 * pre['share_under_loss']:.1f}% under the loss)",
     )
     t.add_row("EOS trained", f"{100 * pre['eos_trained_share']:.0f}% of examples")
-    tp = pre["template_parity"]
-    t.add_row("train/serve template parity", f"{tp['identical']}/{tp['checked']} identical token ids")
+    t.add_row("train/serve template parity", parity_line(pre))
     if pre.get("labels"):
         t.add_row("labels (train)", label_summary(pre["labels"]["train"]))
+    if answers := answers_line(pre):
+        t.add_row("answers", answers)
     console.print(t)

@@ -10,6 +10,10 @@ Three properties hold by construction and are tested:
 The conversation is rendered with the model's own chat template at each assistant turn boundary and
 split into segments (prompt text, assistant text). Tokenizing segments separately, instead of the whole
 string at once, is what makes (2) exact; `render_parity` measures how often the two differ.
+
+An encoder (BERT family, `classify` only) has no chat template: `encode_plain` gives it the prompt as one
+plain sequence, `[CLS] text [SEP]` with the tokenizer's own special tokens. The system turn is left out
+(a classifier has no instructions to follow; a prompt shared by every row only costs positions).
 """
 
 from __future__ import annotations
@@ -139,6 +143,31 @@ def encode_prompt(tok: PreTrainedTokenizerBase, messages: Sequence[Message]) -> 
     for text, _ in segs[:-1]:
         ids += _ids(tok, text)
     return ids
+
+
+def reads_plain_text(tok: PreTrainedTokenizerBase) -> bool:
+    """An encoder's tokenizer: models.load_tokenizer lets one through without a chat template only for an
+    encoder (and drops any template an encoder's tokenizer carries)."""
+    return not getattr(tok, "chat_template", None)
+
+
+def plain_text(messages: Sequence[Message]) -> str:
+    """The prompt of a conversation as one text for an encoder: every turn before the final assistant
+    answer except the system turn, in order, one per line (one user turn for a labelled row)."""
+    if messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    return "\n".join(m["content"] for m in messages if m["role"] != "system")
+
+
+def encode_plain(
+    tok: PreTrainedTokenizerBase, messages: Sequence[Message], max_length: int | None = None
+) -> list[int]:
+    """`[CLS] text [SEP]` (the tokenizer's special tokens); `max_length`: cut the text so that the whole
+    sequence fits, closing [SEP] kept."""
+    text = plain_text(messages)
+    if max_length is None:
+        return list(tok(text)["input_ids"])
+    return list(tok(text, truncation=True, max_length=max_length)["input_ids"])
 
 
 def render_parity(tok: PreTrainedTokenizerBase, messages: Sequence[Message]) -> bool:

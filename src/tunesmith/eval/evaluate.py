@@ -15,10 +15,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from tunesmith.config import RunConfig
+from tunesmith.data.answers import FREE, AnswerSpace, is_valid
 from tunesmith.data.formats import Example
 from tunesmith.data.tokenize import encode_chat, encode_prompt, stop_token_ids
 from tunesmith.eval.classify import classification_report, macro_f1_stat
 from tunesmith.eval.compare import compare
+from tunesmith.eval.constrain import Decoder
 from tunesmith.eval.forgetting import PROBE_MAX_NEW_TOKENS, probe_messages, probe_text, summarize
 from tunesmith.eval.generate import Generation, PromptTuned, generate
 from tunesmith.eval.hallucination import unsupported_spans
@@ -69,6 +71,9 @@ class PassOutput:
     single: list[Generation] = field(default_factory=list)
     probe: list[Generation] = field(default_factory=list)
     probe_nll: list[tuple[float, int]] = field(default_factory=list)
+    free: list[Generation] = field(
+        default_factory=list
+    )  # the unconstrained pass, when decoding is constrained
 
 
 def evaluate(
@@ -80,6 +85,7 @@ def evaluate(
     console: Console | None = None,
     load_base: Callable[[], Any] | None = None,
     out_dir: Path | None = None,
+    answers: AnswerSpace = FREE,
 ) -> dict[str, Any]:
     """Base and tuned `model` generate on the same test prompts; results go to `out_dir` (default
     run_dir/eval; `tune` scores its trials on the val split into another folder).
@@ -93,6 +99,10 @@ def evaluate(
 
     Each pass also scores the reference answers' NLL (`perplexity`), times a few prompts alone
     (`latency_probe`), and runs the forgetting probe (`forgetting_probe`).
+
+    When the training answers form a closed set (`answers`: labels, or JSON objects of one schema) and
+    `eval.constrain` is auto, test answers are decoded inside it; for labels an unconstrained pass, cut at
+    the longest label's length, measures how often free generation answers no valid label at all.
     """
     console = console or make_console()
     ec = cfg.eval
@@ -112,6 +122,9 @@ def evaluate(
     n_single = min(ec.latency_probe, len(prompts))
     probe_prompts = [encode_prompt(tok, m) for m in probe_messages()] if ec.forgetting_probe else []
     probe_windows = text_windows(tok, probe_text()) if ec.forgetting_probe else []
+    decoder = Decoder(answers, tok, stops) if ec.constrain == "auto" and answers.kind != "free" else None
+    free_tokens = decoder.max_answer_tokens() if decoder else None
+    n_free = len(prompts) if free_tokens else 0
 
     outputs: dict[str, PassOutput] = {}
     with stage_progress(
@@ -123,7 +136,7 @@ def evaluate(
         TimeElapsedColumn(),
     ) as progress:
         for which in ("base", "tuned"):
-            task = progress.add_task(which, total=len(prompts) + n_single + len(probe_prompts))
+            task = progress.add_task(which, total=len(prompts) + n_free + n_single + len(probe_prompts))
 
             def advance(n: int, task: Any = task) -> None:
                 progress.advance(task, n)
@@ -131,11 +144,19 @@ def evaluate(
             def run(m: Any, fwd: Any | None = None) -> PassOutput:
                 """`m` generates; `fwd` (default `m`) scores NLL: a PromptTuned wrapper only generates."""
                 fwd = m if fwd is None else fwd
-                out = PassOutput(generate(m, tok, prompts, ec.max_new_tokens, ec.batch_size, stops, advance))
+                out = PassOutput(
+                    generate(m, tok, prompts, ec.max_new_tokens, ec.batch_size, stops, advance, decoder)
+                )
+                if free_tokens:
+                    # One token past the longest label: anything that long is no label already.
+                    budget = min(ec.max_new_tokens, free_tokens + 1)
+                    out.free = generate(m, tok, prompts, budget, ec.batch_size, stops, advance)
                 if want_nll:
                     out.nll = sequence_nll(fwd, nll_seqs)
                 if n_single:
-                    out.single = generate(m, tok, prompts[:n_single], ec.max_new_tokens, 1, stops, advance)
+                    out.single = generate(
+                        m, tok, prompts[:n_single], ec.max_new_tokens, 1, stops, advance, decoder
+                    )
                 if probe_prompts:
                     out.probe = generate(
                         m, tok, probe_prompts, PROBE_MAX_NEW_TOKENS, ec.batch_size, stops, advance
@@ -185,6 +206,8 @@ def evaluate(
             _perplexity_stat(outputs["tuned"].nll),
             len(nll_seqs),
         )
+    if decoder is not None:
+        result_extra["constrained"] = _constrained_summary(cfg, answers, outputs, refs, sources, facts)
     rows = compare(base_scores, tuned_scores, cfg.parsed_targets(), seed=cfg.train.seed, corpus=corpus)
     order = ec.metric_names()
     rows.sort(key=lambda r: order.index(r.metric) if r.metric in order else len(order))
@@ -206,6 +229,8 @@ def evaluate(
             for which in ("base", "tuned"):
                 s, n = outputs[which].nll[i]
                 p["scores"].setdefault("ref_nll", {})[which] = s / n if n else None
+        if outputs["tuned"].free:
+            p["unconstrained"] = {w: outputs[w].free[i].text for w in ("base", "tuned")}
         if facts[i]:
             p["facts"] = facts[i]
         if want_spans:
@@ -255,6 +280,38 @@ def evaluate(
     }
     atomic_write_json(out_dir / "eval.json", result)
     return result
+
+
+def _constrained_summary(
+    cfg: RunConfig,
+    answers: AnswerSpace,
+    outputs: dict[str, PassOutput],
+    refs: list[str],
+    sources: list[list[str]],
+    facts: list[list[str]],
+) -> dict[str, Any]:
+    """What constraining did: the answer space, the share of outputs outside it with and without the
+    constraint, and the label metrics of the unconstrained pass (what a plain generate() would score)."""
+    out: dict[str, Any] = {"kind": answers.kind, "answer_space": answers.describe()}
+
+    def invalid(gens: list[Generation]) -> float:
+        return round(sum(not is_valid(answers, g.text) for g in gens) / max(len(gens), 1), 4)
+
+    out["invalid_share"] = {w: invalid(outputs[w].gens) for w in ("base", "tuned")}
+    if outputs["tuned"].free:
+        out["invalid_share_unconstrained"] = {w: invalid(outputs[w].free) for w in ("base", "tuned")}
+        label_metrics = [m for m in cfg.eval.metrics if m in ("accuracy", "exact_match")]
+        if label_metrics:
+            out["unconstrained_scores"] = {
+                w: {
+                    m: round(statistics.fmean(x for x in v if x is not None), 4) if any(v) else 0.0
+                    for m, v in score_all(
+                        label_metrics, [], [g.text for g in outputs[w].free], refs, sources, facts
+                    ).items()
+                }
+                for w in ("base", "tuned")
+            }
+    return out
 
 
 def _perplexity_stat(parts: list[tuple[float, int]]) -> Callable[[np.ndarray], float]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tunesmith.eval.constrain import Decoder
 
 
 class PromptTuned:
@@ -39,7 +42,7 @@ class PromptTuned:
         self.model.train(mode)
         return self
 
-    def generate(self, input_ids: Any, attention_mask: Any, generation_config: Any) -> Any:
+    def generate(self, input_ids: Any, attention_mask: Any, generation_config: Any, **kwargs: Any) -> Any:
         import torch
 
         rows = input_ids.shape[0]
@@ -50,6 +53,7 @@ class PromptTuned:
             inputs_embeds=torch.cat([virtual, embeds], dim=1),
             attention_mask=mask,
             generation_config=generation_config,
+            **kwargs,
         )
         # From embeddings alone, generate() returns only the new tokens; callers expect prompt + new.
         return torch.cat([input_ids, new], dim=1)
@@ -71,9 +75,12 @@ def generate(
     batch_size: int,
     stop_ids: Sequence[int],
     on_batch: Callable[[int], None] | None = None,
+    decoder: Decoder | None = None,
 ) -> list[Generation]:
+    """Greedy answers to `prompts`, `batch_size` at a time; `decoder` keeps them inside an answer space
+    (labels, a JSON schema: tunesmith.eval.constrain)."""
     import torch
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
 
     pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else stop_ids[0])
     # A fresh config: the model's own may carry sampling settings that greedy decoding would warn about.
@@ -99,7 +106,11 @@ def generate(
                 mask[row, width - len(p) :] = 1
             t = time.perf_counter()
             ids, mask = ids.to(model.device), mask.to(model.device)
-            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
+            # The constraint sees the generated tokens only: from embeddings (PromptTuned) generate() has no
+            # prompt ids at all.
+            proc = decoder.processor(0 if isinstance(model, PromptTuned) else width) if decoder else None
+            extra = {"logits_processor": LogitsProcessorList([proc])} if proc is not None else {}
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg, **extra)
             dt = time.perf_counter() - t
             for row, i in enumerate(idx):
                 new = out[row, width:].tolist()

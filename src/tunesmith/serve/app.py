@@ -11,6 +11,7 @@ request names a model the server loaded, never a path.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import threading
@@ -192,9 +193,7 @@ class Job:
                 stream = TextStream(self.served.tokenizer, self.stops)
                 sampling = self.sampling
                 if sampling.seed is not None and i:
-                    sampling = Sampling(
-                        sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.seed + i
-                    )
+                    sampling = dataclasses.replace(sampling, seed=sampling.seed + i)
                 for tok_id in self.engine.decode(
                     self.served, self.prompt, sampling, self.deadline, self.cancel
                 ):
@@ -392,7 +391,9 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
             )
         rid = ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
-        sampling = Sampling(max_tokens, req.temperature or 0.0, req.top_p or 1.0, req.seed)
+        sampling = Sampling(
+            max_tokens, req.temperature or 0.0, req.top_p or 1.0, req.seed, constrain=endpoint == "chat"
+        )
 
         def done(job: Job) -> None:
             admission.leave()

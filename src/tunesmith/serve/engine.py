@@ -3,19 +3,25 @@
 peft keeps one active adapter per model, so a request sets its adapter and decodes under one lock:
 requests are served one at a time, and the concurrency limit in front (app.py) turns excess load into
 quick 429s instead of an unbounded queue. The decoder is a plain KV-cache loop, so streaming, stop
-strings, cancellation and the per-request deadline are all checked between two tokens.
+strings, cancellation and the per-request deadline are all checked between two tokens. Chat answers of a
+run whose training answers are a closed set (labels, JSON of one schema) are decoded inside it, as eval
+decodes them (tunesmith.eval.constrain); raw-text completions are not.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import CleanConfig
+
+if TYPE_CHECKING:
+    from tunesmith.eval.constrain import Decoder
 
 SERVABLE = frozenset({"lora", "dora", "ia3", "full"})
 
@@ -44,6 +50,8 @@ class Served:
     system_prompt: str | None
     clean: CleanConfig
     aliases: list[str] = field(default_factory=list)
+    # The run's answer space (labels, a JSON schema) when eval.constrain is auto: chat answers stay in it.
+    decoder: Decoder | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class Sampling:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int | None = None
+    constrain: bool = False  # chat completions of a run whose answers are a closed set decode inside it
 
 
 class Engine:
@@ -127,6 +136,9 @@ class Engine:
                 stop_ids=stop_token_ids(tok, getattr(self.model, "generation_config", None)),
                 system_prompt=cfg.data.system_prompt,
                 clean=cfg.data.clean,
+                decoder=_decoder(
+                    d, cfg, tok, stop_token_ids(tok, getattr(self.model, "generation_config", None))
+                ),
             )
         for alias, run_id in (aliases or {}).items():
             if run_id not in self.served:
@@ -158,6 +170,8 @@ class Engine:
             gen = torch.Generator(device="cpu")
             gen.manual_seed(sampling.seed if sampling.seed is not None else int(time.time_ns() % (1 << 62)))
         stops = set(served.stop_ids)
+        constraint = served.decoder.processor(0) if served.decoder and sampling.constrain else None
+        generated: list[int] = []
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([prompt_ids], device=self.device), use_cache=True)
             for _ in range(sampling.max_tokens):
@@ -165,15 +179,33 @@ class Engine:
                     raise Cancelled()
                 if time.monotonic() > deadline:
                     raise GenerationTimeout()
-                nxt = _pick(out.logits[0, -1].float().cpu(), sampling, gen)
+                logits = out.logits[0, -1].float().cpu()
+                if constraint is not None and (allowed := constraint.allowed(generated)):
+                    keep = torch.full_like(logits, -torch.inf)
+                    keep[allowed] = 0.0
+                    logits = logits + keep
+                nxt = _pick(logits, sampling, gen)
                 if nxt in stops:
                     return
+                generated.append(nxt)
                 yield nxt
                 out = self.model(
                     input_ids=torch.tensor([[nxt]], device=self.device),
                     cache=out.cache,
                     use_cache=True,
                 )
+
+
+def _decoder(run_dir: Path, cfg: Any, tok: Any, stop_ids: list[int]) -> Decoder | None:
+    """The run's answer space from its pre-flight (as eval decodes it), or None for free text."""
+    from tunesmith.data.answers import AnswerSpace
+    from tunesmith.eval.constrain import Decoder as _Decoder
+
+    pre = run_dir / "data" / "preflight.json"
+    if cfg.eval.constrain != "auto" or not pre.is_file():
+        return None
+    space = AnswerSpace.from_dict(json.loads(pre.read_text(encoding="utf-8")).get("answer_space"))
+    return _Decoder(space, tok, stop_ids) if space.kind != "free" else None
 
 
 def _pick(logits: Any, s: Sampling, gen: Any) -> int:

@@ -6,7 +6,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -68,7 +68,19 @@ from tunesmith.train.sharding import (
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["TrainResult", "TrainingDiverged", "evaluate_loss", "total_steps", "train"]
+__all__ = ["StopTraining", "TrainResult", "TrainingDiverged", "evaluate_loss", "total_steps", "train"]
+
+# Called after each val evaluation with the step and the val statistics (`loss`; classify: `accuracy`).
+EvalHook = Callable[[int, dict[str, float]], None]
+
+
+class StopTraining(Exception):
+    """Raised by an `on_eval` hook to end training at once (`tune`: a pruned trial). Nothing more is saved;
+    the runner marks the train stage `status` and re-raises."""
+
+    def __init__(self, message: str, status: str = "stopped"):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -210,6 +222,7 @@ def train(
     resume: bool = False,
     gradient_checkpointing: bool | None = None,
     precision: str | None = None,
+    on_eval: EvalHook | None = None,
 ) -> tuple[Any, TrainResult]:
     """Train, writing metrics.jsonl, checkpoints/ and adapter/ into `run_dir`.
 
@@ -218,6 +231,8 @@ def train(
 
     `gradient_checkpointing` and `precision`: the run's memory plan decides (`auto` in the config);
     None: the config's explicit value (auto reads as off), and its precision resolved for this machine.
+
+    `on_eval(step, val_stats)`: after each val evaluation is logged; it may raise StopTraining.
     """
     import torch
     from accelerate import Accelerator
@@ -443,6 +458,8 @@ def train(
             if main:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
+            if on_eval is not None and val is not None:
+                on_eval(step + 1, val_stats)
             if tc.track:
                 accelerator.log(
                     {k: v for k, v in record.items() if isinstance(v, int | float) and k != "step"},

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import MethodConfig, TrainConfig
 from tunesmith.io import atomic_dir
+from tunesmith.models import ModelError
 from tunesmith.train.prefix import adapt_peft_model
 
 if TYPE_CHECKING:
@@ -29,6 +30,39 @@ QLORA_FIX = "needs a CUDA GPU and `pip install bitsandbytes`; use method.name: l
 
 class MethodUnavailableError(Exception):
     """The configured method cannot run here (hardware, packages or architecture), with the fix."""
+
+
+class ArchitectureError(MethodUnavailableError, ModelError):
+    """The base model's architecture cannot train this objective or method (an encoder for `sft`): a
+    configuration error (exit 2 where a method error is), and a model error to the commands that only
+    read data."""
+
+
+# What an encoder (BERT family) base can train: a classifier, through its weights or an adapter on them.
+ENCODER_METHODS = ("full", "lora", "dora", "ia3")
+
+
+def check_base_model(method: MethodConfig, objective: str, model_path: str, model: str | None = None) -> None:
+    """Fail before any weights load when the base at `model_path` (the config's `model`) cannot train
+    `objective` with `method`: an encoder has no language-model head (classify only), and tunesmith gives
+    its virtual-token methods no [CLS] to read (prefix, prompt) and quantizes no encoder (qlora)."""
+    from tunesmith.models import is_encoder
+
+    if not is_encoder(model_path):
+        return
+    name = model or model_path
+    if objective != "classify":
+        raise ArchitectureError(
+            f"model {name} is an encoder (BERT family): it reads text but does not generate it, so it cannot "
+            f"train train.objective: {objective}. Use train.objective: classify on labelled rows, or a "
+            "decoder (e.g. model: builtin:smollm2-135m-instruct) for sft, dpo and pretrain"
+        )
+    if method.name not in ENCODER_METHODS:
+        raise ArchitectureError(
+            f"method.name: {method.name} is not supported with an encoder base (model {name}); "
+            f"use method.name: {' / '.join(ENCODER_METHODS)} (lora is the small adapter, full the best "
+            "accuracy for a model this size)"
+        )
 
 
 def has_bitsandbytes() -> bool:

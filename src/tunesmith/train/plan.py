@@ -254,7 +254,7 @@ class Params:
     adapted_out: int  # per layer: sum of adapted modules' output features (DoRA keeps the base output)
 
 
-def _peft_config(spec: MethodSpec) -> Any:
+def _peft_config(spec: MethodSpec, classification: bool = False) -> Any:
     """The same peft configuration training builds (train.methods.peft_config), from the spec's options."""
     from tunesmith.config import MethodConfig
     from tunesmith.train.methods import peft_config
@@ -267,28 +267,38 @@ def _peft_config(spec: MethodSpec) -> Any:
         options |= {"r": spec.r, "target_modules": tm, "dropout": spec.dropout}
     elif spec.name in ("prefix", "prompt"):
         options["num_virtual_tokens"] = spec.num_virtual_tokens
-    return peft_config(MethodConfig(**options))
+    return peft_config(MethodConfig(**options), classification=classification)
 
 
-def meta_model(model_path: str) -> Any:
-    """The architecture with every tensor on the meta device: shapes without memory or weights."""
+def meta_model(model_path: str, num_labels: int = 2) -> Any:
+    """The architecture with every tensor on the meta device: shapes without memory or weights. A decoder
+    as a causal LM; an encoder (BERT family: classify only) with its classification head of `num_labels`."""
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from tunesmith.models import is_encoder
 
     config = AutoConfig.from_pretrained(model_path)
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config)
+        if is_encoder(model_path):
+            config.num_labels = max(num_labels, 2)
+            model = AutoModelForSequenceClassification.from_config(config)
+        else:
+            model = AutoModelForCausalLM.from_config(config)
     model.tie_weights()  # from_config on meta leaves a tied head as its own tensor
     return model
 
 
-def count_params(model_path: str, spec: MethodSpec) -> tuple[Shape, Params]:
+def count_params(model_path: str, spec: MethodSpec, num_labels: int = 2) -> tuple[Shape, Params]:
     import warnings
 
     from torch import nn
 
-    model = meta_model(model_path)
+    model = meta_model(model_path, num_labels)
+    classification = type(model).__name__.endswith("ForSequenceClassification")
     shape = Shape.from_config(model.config)
+    if classification:  # the head's outputs are the classes, not the vocabulary
+        shape = replace(shape, vocab=int(model.config.num_labels))
     layers = next(m for m in model.modules() if isinstance(m, nn.ModuleList))
     linear = sum(
         mod.weight.numel()
@@ -304,7 +314,7 @@ def count_params(model_path: str, spec: MethodSpec) -> tuple[Shape, Params]:
         with warnings.catch_warnings():
             # peft warns about meta tensors and deprecated aliases; shapes are all we read here.
             warnings.simplefilter("ignore")
-            model = get_peft_model(model, _peft_config(spec))
+            model = get_peft_model(model, _peft_config(spec, classification))
     params = list(model.parameters())  # parameters() yields a tied tensor once
     trainable = [p for p in params if p.requires_grad]
     head = model.get_output_embeddings()
@@ -339,6 +349,7 @@ def count_params(model_path: str, spec: MethodSpec) -> tuple[Shape, Params]:
 class DataStats:
     lengths: tuple[int, ...]  # tokens per training example
     loss_tokens: tuple[int, ...]  # tokens under the loss per training example
+    num_labels: int = 0  # classify: the classes of the head
 
     @classmethod
     def from_prepared(cls, data: PreparedData) -> DataStats:
@@ -352,7 +363,11 @@ class DataStats:
             return sum(1 for lab in e.labels[1:] if lab != IGNORE)
 
         enc = data.train.encoded
-        return cls(tuple(len(e.input_ids) for e in enc), tuple(loss_tokens(e) for e in enc))
+        return cls(
+            tuple(len(e.input_ids) for e in enc),
+            tuple(loss_tokens(e) for e in enc),
+            len(data.preflight.get("class_labels") or []),
+        )
 
 
 def epoch_tokens(stats: DataStats, batch_size: int, seed: int, group_by_length: bool) -> tuple[int, int]:
@@ -615,7 +630,7 @@ def make_plan(
     if spec.name not in METHODS:
         raise PlanError(f"unknown method {spec.name!r}; known: {', '.join(METHODS)}")
     precision = resolve_precision(tc.precision, device)
-    shape, params = count_params(model_path, spec)
+    shape, params = count_params(model_path, spec, stats.num_labels)
     if stats.lengths:
         seq, seq_source = max(stats.lengths), "longest example in the prepared train split"
     else:

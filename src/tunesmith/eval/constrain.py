@@ -1,0 +1,157 @@
+"""Constrained decoding: answers from a closed set are decoded inside that set.
+
+The set is read from the training answers (tunesmith.data.answers, rule in the README's config reference):
+- **labels**: the answers are a small set of short strings (intent names, categories). Generation walks a
+  prefix tree over each label's token ids as training encoded them (content and end-of-turn token), so
+  every output is one of the labels, chosen greedily token by token.
+- **json**: every answer is a JSON object of one shape. A JSON schema is derived from them (keys, value
+  types, closed-set string values as `enum`) and lm-format-enforcer (pure Python, MIT) keeps generation
+  inside it. Chosen over outlines (a Rust core and a much larger dependency tree) and xgrammar (compiled,
+  CUDA-first): the eval and serve paths here run on CPU too, through transformers' logits processors.
+  Its own transformers integration imports a module transformers 5 removed, so the token table and the
+  logits processor are built here from its core (`TokenEnforcer`), which is what that integration does.
+- **free**: anything else; generation is unconstrained.
+
+A constraint is a transformers `LogitsProcessor` that sees only the generated tokens (the prompt is cut
+off at `offset`), so rows of one left-padded batch share the tree or parser states of equal prefixes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from tunesmith.data.answers import AnswerSpace
+from tunesmith.data.tokenize import segments
+
+
+def answer_ids(tok: Any, answer: str, stop_ids: Sequence[int]) -> list[int]:
+    """`answer`'s token ids as training encodes an assistant turn (encode_chat): the content and the
+    end-of-turn token, nothing after it."""
+    text, _ = segments(tok, [{"role": "user", "content": "x"}, {"role": "assistant", "content": answer}])[-1]
+    ids = list(tok(text, add_special_tokens=False)["input_ids"])
+    stops = set(stop_ids)
+    end = next((k for k, t in enumerate(ids) if t in stops), None)
+    if end is None:
+        return [*ids, int(tok.eos_token_id if tok.eos_token_id is not None else stop_ids[0])]
+    return ids[: end + 1]
+
+
+class LabelTrie:
+    """A prefix tree over token sequences: which tokens may follow a generated prefix."""
+
+    def __init__(self, sequences: Sequence[Sequence[int]]):
+        self.root: dict[int, Any] = {}
+        for seq in sequences:
+            node = self.root
+            for t in seq:
+                node = node.setdefault(int(t), {})
+
+    def allowed(self, prefix: Sequence[int]) -> list[int]:
+        """The next tokens after `prefix`; empty once it is a whole label (or left the tree)."""
+        node: dict[int, Any] | None = self.root
+        for t in prefix:
+            node = node.get(int(t)) if node is not None else None
+        return list(node) if node is not None else []
+
+
+class _Constraint:
+    """A LogitsProcessor masking every token but the allowed ones; rows whose prefix allows nothing (a
+    finished answer, padded by generate) are left alone."""
+
+    def __init__(self, offset: int):
+        self.offset = offset
+
+    def allowed(self, new: list[int]) -> list[int]:
+        raise NotImplementedError
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        mask = scores.new_full(scores.shape, -math.inf)
+        rows = input_ids[:, self.offset :].tolist()
+        for row, new in enumerate(rows):
+            allowed = self.allowed(new)
+            if allowed:
+                mask[row, allowed] = 0.0
+            else:
+                mask[row] = 0.0
+        return scores + mask
+
+
+class LabelConstraint(_Constraint):
+    def __init__(self, trie: LabelTrie, offset: int):
+        super().__init__(offset)
+        self.trie = trie
+
+    def allowed(self, new: list[int]) -> list[int]:
+        return self.trie.allowed(new)
+
+
+class JsonConstraint(_Constraint):
+    def __init__(self, enforcer: Any, offset: int):
+        super().__init__(offset)
+        self.enforcer = enforcer
+
+    def allowed(self, new: list[int]) -> list[int]:
+        return list(self.enforcer.get_allowed_tokens(new).allowed_tokens)
+
+
+@functools.lru_cache(maxsize=4)
+def _token_table(tok: Any, stops: tuple[int, ...]) -> Any:
+    """lm-format-enforcer's view of the vocabulary (each token's text, and whether it starts a word), as
+    its transformers integration builds it: ~1 s for a 50k vocabulary, so it is kept per tokenizer."""
+    from lmformatenforcer import TokenEnforcerTokenizerData
+
+    zero = tok.encode("0", add_special_tokens=False)[-1]
+    special = set(tok.all_special_ids)
+    vocab = len(tok)
+    regular = []
+    for idx in range(vocab):
+        if idx in special:
+            continue
+        after_zero = tok.decode([zero, idx])[1:]
+        regular.append((idx, after_zero, len(after_zero) > len(tok.decode([idx]))))
+
+    def decode(ids: list[int]) -> str:
+        return str(tok.decode(ids)).rstrip("\ufffd")
+
+    return TokenEnforcerTokenizerData(regular, decode, list(stops), False, vocab)
+
+
+class Decoder:
+    """Builds the logits processor of one generate() call for an answer space (None when free)."""
+
+    def __init__(self, space: AnswerSpace, tok: Any, stop_ids: Sequence[int]):
+        self.space = space
+        self.tok = tok
+        self.stops = tuple(int(s) for s in stop_ids)
+        self.trie = (
+            LabelTrie([answer_ids(tok, lab, self.stops) for lab in space.labels])
+            if space.kind == "labels"
+            else None
+        )
+
+    @property
+    def active(self) -> bool:
+        return self.space.kind != "free"
+
+    def max_answer_tokens(self) -> int | None:
+        """Labels: the longest label's tokens (an unconstrained pass needs no more to be told valid)."""
+        if self.space.kind != "labels":
+            return None
+        return max(len(answer_ids(self.tok, lab, self.stops)) for lab in self.space.labels)
+
+    def processor(self, offset: int) -> _Constraint | None:
+        if self.trie is not None:
+            return LabelConstraint(self.trie, offset)
+        if self.space.kind == "json":
+            from lmformatenforcer import JsonSchemaParser, TokenEnforcer
+
+            # One enforcer per call: it caches parser states by generated prefix.
+            table = _token_table(self.tok, self.stops)
+            return JsonConstraint(TokenEnforcer(table, JsonSchemaParser(self.space.schema)), offset)
+        return None
+
+
+__all__ = ["Decoder", "LabelTrie", "answer_ids"]
