@@ -470,6 +470,14 @@ def render_config(p: DataProfile, config_dir: Path, model: str, max_length: int,
         "# Every key is documented in README.md (Configuration reference); `tunesmith run` validates it.",
         f"name: {_yaml(_run_name(Path(p.files[0])))}",
         f"model: {_yaml(model)}",
+        *(
+            [
+                "# Labels can also train an encoder: `model: builtin:all-minilm-l6-v2` (BERT, 22.7 M weights,",
+                "# plain text in, no chat template; method full, lora, dora or ia3): fast on a CPU.",
+            ]
+            if objective == "classify"
+            else []
+        ),
         "runs_dir: runs",
         "",
         "data:",

@@ -345,6 +345,33 @@ def _classification(cl: dict[str, Any]) -> list[str]:
     return parts
 
 
+def _constrained(c: dict[str, Any]) -> list[str]:
+    """How the answers were decoded: inside the training answers' closed set, and how often free
+    generation (the unconstrained pass) answered outside it."""
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    rows = [("outside the set, constrained (as scored above)", c["invalid_share"])]
+    if "invalid_share_unconstrained" in c:
+        rows.append(("outside the set, unconstrained generation", c["invalid_share_unconstrained"]))
+    parts = [
+        "<h2>Constrained decoding</h2>",
+        f"<p class=kv id=constrained-space>Answers decoded inside {html.escape(c['answer_space'])} "
+        "(<code>eval.constrain: auto</code>; <code>off</code> generates freely).</p>",
+        "<table id=constrained><tr><th>share of outputs</th><th>base</th><th>tuned</th></tr>",
+    ]
+    for name, v in rows:
+        parts.append(f"<tr><td>{name}</td><td>{pct(v.get('base'))}</td><td>{pct(v.get('tuned'))}</td></tr>")
+    for which, scores in (c.get("unconstrained_scores") or {}).items():
+        for m, x in scores.items():
+            parts.append(
+                f"<tr><td>{html.escape(m)}, unconstrained ({which})</td><td colspan=2>{_fmt(x)}</td></tr>"
+            )
+    parts.append("</table>")
+    return parts
+
+
 def _speed(sp: dict[str, Any]) -> str:
     def one(name: str, x: dict[str, Any]) -> str:
         s = f"{name}: {x['tokens_per_s']} tokens/s batched, {x['mean_new_tokens']} tokens per answer"
@@ -397,6 +424,8 @@ def build_report(run_dir: Path, title: str | None = None) -> Path:
         parts += _metric_table(ev)
         if ev.get("speed"):
             parts.append(_speed(ev["speed"]))
+        if ev.get("constrained"):
+            parts += _constrained(ev["constrained"])
         if ev.get("classification"):
             parts += _classification(ev["classification"])
         if ev.get("forgetting"):
