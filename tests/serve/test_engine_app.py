@@ -107,3 +107,36 @@ def test_prometheus_text() -> None:
     assert 'tunesmith_request_seconds_bucket{route="/v1/completions",le="0.5"} 2' in text
     assert 'tunesmith_request_seconds_bucket{route="/v1/completions",le="0.05"} 1' in text
     assert 'tunesmith_tokens_total{model="prod",kind="completion"} 4' in text
+
+
+def test_chat_answers_of_a_label_run_are_labels_and_raw_completions_are_free(app_client: Any) -> None:
+    from helpers import QUEUES
+
+    # The toy runs answer with one of four queue names: their pre-flight found a closed label set.
+    for content in ("hello", "my payslip is wrong", "zzz qqq"):
+        body = {"model": "production", "messages": [{"role": "user", "content": content}], "max_tokens": 12}
+        reply = app_client.post("/v1/chat/completions", json=body).json()
+        assert reply["choices"][0]["message"]["content"] in QUEUES, reply
+    raw = app_client.post(
+        "/v1/completions", json={"model": "production", "prompt": "hello", "max_tokens": 12}
+    )
+    assert raw.json()["choices"][0]["text"] not in QUEUES
+
+
+def test_eval_reports_the_constrained_pass_and_the_unconstrained_invalid_share(
+    trained_runs: tuple[Path, list[str]],
+) -> None:
+    from helpers import QUEUES
+
+    runs, ids = trained_runs
+    run = runs / ids[0]
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    c = ev["constrained"]
+    assert c["kind"] == "labels" and c["invalid_share"] == {"base": 0.0, "tuned": 0.0}
+    # The base model never saw the queue names: left free, it names none of them.
+    assert c["invalid_share_unconstrained"]["base"] == 1.0
+    assert 0.0 <= c["unconstrained_scores"]["tuned"]["accuracy"] <= 1.0
+    preds = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert all(p["base"] in QUEUES and p["tuned"] in QUEUES for p in preds)
+    assert all(set(p["unconstrained"]) == {"base", "tuned"} for p in preds)
+    assert "id=constrained" in (run / "report.html").read_text()
