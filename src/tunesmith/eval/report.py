@@ -9,6 +9,7 @@ import base64
 import html
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -494,9 +495,94 @@ def build_report(run_dir: Path, title: str | None = None) -> Path:
     return out
 
 
-def build_comparison(run_dirs: list[Path], out: Path) -> Path:
-    """One page across runs (iterations): each run's verdict, and per metric the tuned score with its CI and
-    the change against that run's base, plus forgetting and review lines."""
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        return {k: v for key, sub in d.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): d}
+
+
+# Settings that name a run rather than change how it trains.
+_NOT_SETTINGS = ("name", "runs_dir")
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """One run after the first, against the run before it: what changed and what it did to the score."""
+
+    run: str
+    changed: dict[str, tuple[Any, Any]]  # setting -> (before, after)
+    primary: str
+    before: float | None
+    after: float | None
+    targets_met: bool
+
+    @property
+    def gain(self) -> float | None:
+        return None if self.before is None or self.after is None else self.after - self.before
+
+
+def iterations(evs: list[tuple[Path, dict[str, Any], dict[str, Any]]]) -> list[Iteration]:
+    """Consecutive runs in the order given: the settings that differ (from each manifest's config) and the
+    primary metric of the later run's tuned model against the earlier one's."""
+    out = []
+    for (_, ev0, man0), (d, ev, man) in zip(evs, evs[1:], strict=False):
+        a, b = _flat(man0.get("config", {})), _flat(man.get("config", {}))
+        changed = {
+            k: (a.get(k), b.get(k))
+            for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k not in _NOT_SETTINGS
+        }
+        primary = ev["primary_metric"]
+
+        def tuned(e: dict[str, Any], metric: str = primary) -> float | None:
+            return next((r["tuned"] for r in e["metrics"] if r["metric"] == metric), None)
+
+        out.append(Iteration(d.name, changed, primary, tuned(ev0), tuned(ev), bool(ev.get("targets_met"))))
+    return out
+
+
+def iterations_summary(evs: list[tuple[Path, dict[str, Any], dict[str, Any]]]) -> list[str]:
+    """Plain lines: after how many runs the targets passed, and which change moved the primary metric most."""
+    lines = []
+    met = next((i for i, (_, ev, _) in enumerate(evs) if ev.get("targets_met")), None)
+    if met is None:
+        lines.append(f"targets not passed in {len(evs)} run(s)")
+    else:
+        lines.append(f"targets passed at run {met + 1} of {len(evs)} ({evs[met][0].name})")
+    steps = [it for it in iterations(evs) if it.gain is not None]
+    if steps:
+        best = max(steps, key=lambda it: it.gain or 0.0)
+        change = ", ".join(f"{k} {v0!r} -> {v1!r}" for k, (v0, v1) in best.changed.items()) or "no setting"
+        lines.append(f"largest gain in {best.primary}: {best.gain:+.3f} at {best.run} ({change})")
+    return lines
+
+
+def _iterations_html(evs: list[tuple[Path, dict[str, Any], dict[str, Any]]]) -> list[str]:
+    parts = ["<h2>Iterations</h2>"]
+    parts += [f"<p class=kv>{html.escape(line)}</p>" for line in iterations_summary(evs)]
+    its = iterations(evs)
+    if its:
+        parts.append(
+            "<table id=iterations><tr><th>run</th><th>changed from the run before</th>"
+            f"<th>{html.escape(its[0].primary)} (tuned)</th><th>change</th><th>targets</th></tr>"
+        )
+        for it in its:
+            changed = "<br>".join(
+                f"<code>{html.escape(k)}</code>: {html.escape(repr(v0))} → {html.escape(repr(v1))}"
+                for k, (v0, v1) in it.changed.items()
+            )
+            gain = "–" if it.gain is None else f"{it.gain:+.3f}"
+            parts.append(
+                f"<tr><td><code>{html.escape(it.run)}</code></td><td>{changed or 'nothing'}</td>"
+                f"<td class=num>{_fmt(it.after)}</td><td class=num>{gain}</td>"
+                f"<td>{'met' if it.targets_met else 'missed'}</td></tr>"
+            )
+        parts.append("</table>")
+    return parts
+
+
+def load_evaluated(run_dirs: list[Path]) -> list[tuple[Path, dict[str, Any], dict[str, Any]]]:
+    """(run dir, eval.json, manifest) of each run; FileNotFoundError names a run not evaluated yet."""
     evs = []
     for d in run_dirs:
         ev = _read_json(d / "eval" / "eval.json")
@@ -505,6 +591,14 @@ def build_comparison(run_dirs: list[Path], out: Path) -> Path:
                 f"{d / 'eval' / 'eval.json'} does not exist; run `tunesmith eval {d}` first"
             )
         evs.append((d, ev, _read_json(d / "manifest.json") or {}))
+    return evs
+
+
+def build_comparison(run_dirs: list[Path], out: Path) -> Path:
+    """One page across runs (iterations): each run's verdict, and per metric the tuned score with its CI and
+    the change against that run's base, plus forgetting and review lines; then the iterations: after how many
+    runs the targets passed, and what changed from each run to the next."""
+    evs = load_evaluated(run_dirs)
     metrics: list[str] = []
     for _, ev, _ in evs:
         metrics += [r["metric"] for r in ev["metrics"] if r["metric"] not in metrics]
@@ -554,6 +648,8 @@ def build_comparison(run_dirs: list[Path], out: Path) -> Path:
             if rv
             else "<td>–</td>"
         )
-    parts.append("</tr></table></body></html>")
+    parts.append("</tr></table>")
+    parts += _iterations_html(evs)
+    parts.append("</body></html>")
     atomic_write_text(out, "\n".join(parts))
     return out
