@@ -303,6 +303,69 @@ def train_cmd(
     print(run_dir)
 
 
+@app.command("tune")
+def tune_cmd(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(help="Wall-clock time of this worker, e.g. 45m, 2h, 1h30m (default: tune.budget)."),
+    ] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(min=1, help="Trials of the study, all workers together (default: tune.trials)."),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the study, or join it as one more worker (it is created if missing); trials whose "
+            "worker was killed are marked failed and not counted.",
+        ),
+    ] = False,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage the workers share: postgresql://..., mysql://..., sqlite:///..., or a journal "
+            "file path (default: RUNS_DIR/tune/STUDY/journal.log)."
+        ),
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: the config's name).")] = None,
+) -> None:
+    """Search for a recipe until the targets pass on val or the budget ends (Optuna TPE; weak trials pruned
+    at val evaluations); every trial is a run in the registry. The chosen trial is then scored once on the
+    test split, and the study's page (history, importances, parallel coordinates, the chosen config) is
+    written. Exit 0 when it meets the targets on test, 1 when it misses one (or no trial completed), 2 for a
+    configuration or search-space error."""
+    from tunesmith.config import parse_duration
+    from tunesmith.tune import TuneError, TuneOptions, run_tune
+
+    cfg = _config(config, overrides)
+    try:
+        budget_s = parse_duration(budget) if budget is not None else None
+    except ValueError as e:
+        raise _fail(ValueError(f"--budget: {e}"), 2) from None
+    options = TuneOptions(budget_s=budget_s, trials=trials, resume=resume, storage=storage, study=study)
+    try:
+        outcome = run_tune(cfg, options, console)
+    except (TuneError, MethodUnavailableError) as e:
+        raise _fail(e, 2) from None
+    except (DataError, ModelError, FileNotFoundError, ValueError) as e:
+        raise _fail(e) from None
+    except (PlanError, PrecisionError) as e:
+        raise _fail(e, 3) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: continue the study with --resume")
+        raise typer.Exit(130) from None
+    if outcome.best is None:
+        raise typer.Exit(1)
+    if outcome.test is not None and not outcome.targets_met:
+        console.print(
+            f"[red bold]targets missed on test:[/red bold] {', '.join(outcome.test['failed_targets'])}"
+        )
+        raise typer.Exit(1)
+
+
 @app.command("eval")
 def eval_cmd(run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<id>).")]) -> None:
     """Evaluate a trained run again (base vs tuned on its test split) and rebuild its report."""
@@ -335,12 +398,15 @@ def compare_cmd(
     out: Annotated[Path, typer.Option(help="Where to write the page.")] = Path("comparison.html"),
 ) -> None:
     """One HTML page comparing evaluated runs (iterations): verdicts, scores with CIs, forgetting, review."""
-    from tunesmith.eval.report import build_comparison
+    from tunesmith.eval.report import build_comparison, iterations_summary, load_evaluated
 
     try:
-        print(build_comparison(run_dirs, out))
+        page = build_comparison(run_dirs, out)
     except FileNotFoundError as e:
         raise _fail(e) from None
+    for line in iterations_summary(load_evaluated(run_dirs)):
+        console.print(line, highlight=False)
+    print(page)
 
 
 @review_app.command("export")
@@ -461,13 +527,14 @@ def runs_ls(
                     {
                         **{k: getattr(r, k) for k in fields},
                         "aliases": by_run.get(r.id, []),
+                        "tune": r.manifest.get("tune"),
                         "path": str(r.path),
                     }
                 )
             )
         return
     t = Table(title=f"runs in {runs_dir}", title_justify="left")
-    for col in ("id", "created", "stage", "method", "primary metric", "targets", "parent", "aliases"):
+    for col in ("id", "created", "stage", "method", "primary metric", "targets", "parent", "aliases", "tune"):
         t.add_column(col, no_wrap=col in ("id", "parent"))
     for r in rows:
         metric = f"{r.primary_metric} {r.primary_value:.3f}" if r.primary_value is not None else ""
@@ -481,8 +548,18 @@ def runs_ls(
             targets,
             r.parent_run or "",
             ", ".join(by_run.get(r.id, [])),
+            _tune_tag(r.manifest.get("tune")),
         )
     _stdout_console().print(t)
+
+
+def _tune_tag(tag: dict[str, Any] | None) -> str:
+    """`study #3 pruned` for a tune trial's run."""
+    if not tag:
+        return ""
+    return f"{tag['study']} #{tag['trial']} {tag.get('state', '')}" + (
+        " (chosen)" if tag.get("chosen") else ""
+    )
 
 
 @runs_app.command("show")

@@ -143,6 +143,14 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
         _index(db, run_dir, manifest)
 
 
+def update_manifest(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Set top-level manifest fields (e.g. `tune`, a trial's tag) and index the run again."""
+    manifest = read_manifest(run_dir)
+    manifest.update(fields)
+    write_manifest(run_dir, manifest)
+    return manifest
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -220,7 +228,10 @@ def connect(runs_dir: str | Path) -> Iterator[sqlite3.Connection]:
 
 
 def _stage(manifest: dict[str, Any]) -> str:
-    done = [s for s in STAGE_ORDER if manifest.get("stages", {}).get(s, {}).get("status") == "done"]
+    stages = manifest.get("stages", {})
+    if stages.get("train", {}).get("status") == "pruned":  # a tune trial stopped at a val evaluation
+        return "pruned"
+    done = [s for s in STAGE_ORDER if stages.get(s, {}).get("status") == "done"]
     return done[-1] if done else "created"
 
 

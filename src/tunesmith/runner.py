@@ -32,7 +32,7 @@ from tunesmith.eval.heldout import evaluate_heldout
 from tunesmith.eval.report import build_report
 from tunesmith.models import load_classifier, load_model, load_tokenizer, resolve_model
 from tunesmith.registry import init_manifest, mark_stage, new_run_dir, read_manifest
-from tunesmith.train.loop import TrainResult, train
+from tunesmith.train.loop import EvalHook, StopTraining, TrainResult, train
 from tunesmith.train.methods import (
     PEFT_METHODS,
     check_base_model,
@@ -100,9 +100,14 @@ def resolve_recipe(cfg: RunConfig, model_path: str, data: PreparedData, console:
 
 
 def _start_run(
-    cfg: RunConfig, console: Console, refuse_unfit: bool
+    cfg: RunConfig,
+    console: Console,
+    refuse_unfit: bool,
+    gate: Callable[[Plan, PreparedData], None] | None = None,
 ) -> tuple[RunConfig, Path, str, Any, PreparedData, Plan]:
-    """The data stage into a new run directory; returns the config as it will train (recipe applied)."""
+    """The data stage into a new run directory; returns the config as it will train (recipe applied).
+    `gate(plan, data)` may refuse the run, by raising, before its directory is made (`tune`: a trial that
+    would not finish in the budget left)."""
     model_path, tok, data = check_data(cfg, console)
     cfg = resolve_recipe(cfg, model_path, data, console)
     plan = plan_on_this_machine(cfg, model_path, data, console)
@@ -110,6 +115,8 @@ def _start_run(
         if refuse_unfit:
             raise PlanError(plan.refusal())
         console.print(f"[yellow]warning:[/yellow] {plan.refusal()}", highlight=False)
+    if gate is not None:
+        gate(plan, data)
     data.preflight["plan"] = plan.as_dict()
     run_dir = new_run_dir(cfg)
     console.print(f"run directory: [bold]{run_dir}[/bold]")
@@ -188,9 +195,11 @@ def _train_stage(
     console: Console,
     resume: bool,
     plan: Plan | None = None,
+    on_eval: EvalHook | None = None,
 ) -> tuple[Any, TrainResult]:
     """`plan`: the memory plan decides gradient checkpointing and precision (`auto`); None (a run directory
-    trained again or resumed): the config's explicit values."""
+    trained again or resumed): the config's explicit values. `on_eval`: see train(); when it ends training
+    (StopTraining), the train stage is marked with its status (`pruned`), not `failed`."""
     # Under `torchrun`/`accelerate launch` every process trains; only the first one writes the manifest.
     main = int(os.environ.get("RANK", "0")) == 0
     if main:
@@ -208,7 +217,12 @@ def _train_stage(
             resume=resume,
             gradient_checkpointing=plan.gradient_checkpointing if plan else None,
             precision=plan.precision if plan else None,
+            on_eval=on_eval,
         )
+    except StopTraining as e:
+        if main:
+            mark_stage(run_dir, "train", e.status, stopped=str(e))
+        raise
     except BaseException:
         if main:
             mark_stage(run_dir, "train", "failed")
@@ -291,6 +305,55 @@ def train_new(cfg: RunConfig, console: Console) -> tuple[Path, TrainResult]:
     return run_dir, _train_stage(cfg, data, model_path, tok, run_dir, console, resume=False, plan=plan)[1]
 
 
+@dataclass
+class Trained:
+    """A run trained in this process, its model still in memory (`tune` scores it on val next)."""
+
+    cfg: RunConfig  # as it trained (recipe applied)
+    run_dir: Path
+    model_path: str
+    tok: Any
+    data: PreparedData
+    model: Any
+    result: TrainResult
+
+
+def train_trial(
+    cfg: RunConfig,
+    console: Console,
+    on_eval: EvalHook | None = None,
+    gate: Callable[[Plan, PreparedData], None] | None = None,
+    on_run_dir: Callable[[Path], None] | None = None,
+) -> Trained:
+    """`tune`: the data and train stages of a new run, as `tunesmith train CFG` runs them. `gate`: see
+    _start_run; `on_run_dir(run_dir)`: called once the run directory exists, before training."""
+    check_method_available(cfg.method, cfg.train.kernels, cfg.train.attention)
+    cfg, run_dir, model_path, tok, data, plan = _start_run(cfg, console, refuse_unfit=True, gate=gate)
+    if on_run_dir is not None:
+        on_run_dir(run_dir)
+    model, result = _train_stage(
+        cfg, data, model_path, tok, run_dir, console, resume=False, plan=plan, on_eval=on_eval
+    )
+    return Trained(cfg, run_dir, model_path, tok, data, model, result)
+
+
+def evaluate_trained(
+    cfg: RunConfig, trained: Trained, console: Console, split: str = "test", out_dir: Path | None = None
+) -> dict[str, Any]:
+    """The eval stage's scores of a model trained in this process, on `split`, into `out_dir`."""
+    return _evaluate(
+        cfg,
+        trained.run_dir,
+        trained.model,
+        trained.tok,
+        trained.data,
+        console,
+        trained.model_path,
+        split,
+        out_dir,
+    )
+
+
 def run_all(cfg: RunConfig, console: Console, resume_dir: Path | None = None) -> RunOutcome:
     """Every stage; `resume_dir`: an unfinished run to continue (training from its latest checkpoint)."""
     # Before any data or model work: a method this machine cannot run (qlora without CUDA) fails now.
@@ -341,15 +404,27 @@ def _load_classifier_dir(path: str) -> Any:
 
 
 def _evaluate(
-    cfg: RunConfig, run_dir: Path, model: Any, tok: Any, data: PreparedData, console: Console, model_path: str
+    cfg: RunConfig,
+    run_dir: Path,
+    model: Any,
+    tok: Any,
+    data: PreparedData,
+    console: Console,
+    model_path: str,
+    split: str = "test",
+    out_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Generation eval for sft/dpo; label probabilities (classify) or held-out loss (pretrain) otherwise."""
+    """Generation eval for sft/dpo; label probabilities (classify) or held-out loss (pretrain) otherwise.
+    `split` and `out_dir` (default run_dir/eval): `tune` scores a trial on val into its own folder."""
     load_base = _base_loader(cfg, model_path, model.device, data.preflight.get("class_labels"))
     if cfg.train.objective in ("classify", "pretrain"):
-        return evaluate_heldout(cfg, run_dir, model, tok, data, load_base=load_base, console=console)
+        return evaluate_heldout(
+            cfg, run_dir, model, tok, data, load_base=load_base, console=console, split=split, out_dir=out_dir
+        )
     answers = AnswerSpace.from_dict(data.preflight.get("answer_space"))
+    examples = getattr(data, split).examples
     return evaluate(
-        cfg, run_dir, model, tok, data.test.examples, console, load_base=load_base, answers=answers
+        cfg, run_dir, model, tok, examples, console, load_base=load_base, answers=answers, out_dir=out_dir
     )
 
 

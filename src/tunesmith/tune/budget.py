@@ -56,7 +56,9 @@ def _median(xs: Sequence[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
-def estimate_trial_s(history: Sequence[TrialTime], steps: int, plan_step_s: float | None = None) -> float | None:
+def estimate_trial_s(
+    history: Sequence[TrialTime], steps: int, plan_step_s: float | None = None
+) -> float | None:
     """Seconds a trial of `steps` optimizer steps would take; None when nothing is known yet."""
     per_step = _median([t.train_s / t.steps for t in history if t.steps > 0])
     if per_step is None:

@@ -232,9 +232,7 @@ def build_space(cfg: RunConfig, labels: bool) -> Space:
     them. `labels`: the data's answers are labels (label_rows), so sft and classify are both candidates."""
     entries = dict(cfg.tune.space) if cfg.tune else {}
     fixed = {
-        name: _single(e, TUNE_DIMENSIONS[name])
-        for name, e in entries.items()
-        if _from_entry(name, e) is None
+        name: _single(e, TUNE_DIMENSIONS[name]) for name, e in entries.items() if _from_entry(name, e) is None
     }
     problems: list[str] = []
     base = cfg
@@ -259,8 +257,7 @@ def build_space(cfg: RunConfig, labels: bool) -> Space:
     objectives = dims["train.objective"].choices if "train.objective" in dims else (objective,)
     assert objectives is not None
     if "train.objective" in given:
-        bad = set(objectives) - {"sft", "classify"}
-        if bad or objective not in ("sft", "classify"):
+        if set(objectives) - {"sft", "classify"} or objective not in ("sft", "classify"):
             problems.append("train.objective: the search chooses between sft and classify only")
         elif not labels:
             problems.append(
@@ -272,14 +269,18 @@ def build_space(cfg: RunConfig, labels: bool) -> Space:
     if "method.name" in given:
         bad = [m for m in methods if m not in PEFT_METHODS]
         if bad:
-            problems.append(f"method.name: {', '.join(map(str, bad))} is not a peft method (the search is over adapters)")
+            problems.append(
+                f"method.name: {', '.join(map(str, bad))} is not a peft method (the search is over adapters)"
+            )
     lora = tuple(m for m in methods if m in LORA_FAMILY)
     for name in ("method.r", "method.alpha", "method.dropout"):
         if name not in dims:
             continue
         if not lora:
             if name in given:
-                problems.append(f"{name}: applies to {', '.join(LORA_FAMILY)}; the search's methods are {', '.join(methods)}")
+                problems.append(
+                    f"{name}: applies to {', '.join(LORA_FAMILY)}; the search's methods are {', '.join(methods)}"
+                )
             dims.pop(name)
         elif len(lora) < len(methods):
             dims[name] = _with_when(dims[name], "method.name", lora)
@@ -293,7 +294,7 @@ def build_space(cfg: RunConfig, labels: bool) -> Space:
     if problems:
         raise SpaceError(problems)
     order = ["train.objective", "method.name"]
-    ordered = sorted(dims.values(), key=lambda d: (order.index(d.name) if d.name in order else 2))
+    ordered = sorted(dims.values(), key=lambda d: order.index(d.name) if d.name in order else 2)
     space = Space(tuple(ordered), fixed)
     check_values(base, space)
     return space

@@ -94,9 +94,7 @@ def stale_trials(study: optuna.Study) -> list[FrozenTrial]:
 
     now = time.time()
     stale = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if not is_alive(t, now)
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if not is_alive(t, now)
     ]
     for t in stale:
         # Another worker may fail it at the same moment: the first one wins, the other skips.

@@ -1,0 +1,184 @@
+"""The search space, trial configs, the time budget and the page's "what changed": no model needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunesmith.config import ConfigError, RunConfig, parse_duration, validate_config
+from tunesmith.data.formats import Example
+from tunesmith.tune.budget import Budget, TrialTime, estimate_final_eval_s, estimate_trial_s
+from tunesmith.tune.page import improvements
+from tunesmith.tune.space import SpaceError, apply_values, build_space, first_trial, label_rows
+
+
+def _cfg(tmp_path: Path, tune: dict[str, Any] | None = None, **top: Any) -> RunConfig:
+    (tmp_path / "d.jsonl").write_text("")
+    raw: dict[str, Any] = {
+        "name": "t",
+        "data": {"train": "d.jsonl"},
+        "method": {"name": "lora", "r": 8},
+        "train": {"lr": 1e-3, "max_steps": 40, "batch_size": 8},
+        "eval": {"metrics": ["accuracy"]},
+        **top,
+    }
+    if tune is not None:
+        raw["tune"] = tune
+    return validate_config(raw, base_dir=tmp_path)
+
+
+def _ex(answer: str, label: str | None = None) -> Example:
+    return Example(
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": answer}], "f:1", label=label
+    )
+
+
+def test_default_space_holds_what_applies(tmp_path: Path) -> None:
+    space = build_space(_cfg(tmp_path), labels=True)
+    dims = {d.name: d for d in space.dims}
+    assert set(dims) == {
+        "train.lr",
+        "train.max_steps",
+        "train.batch_size",
+        "method.name",
+        "method.r",
+        "method.alpha",
+        "method.dropout",
+        "train.objective",
+        "train.head_lr",
+    }
+    lr = dims["train.lr"]
+    assert (lr.low, lr.high, lr.log) == (pytest.approx(1e-4), pytest.approx(1e-2), True)
+    assert (dims["train.max_steps"].low, dims["train.max_steps"].high) == (20, 80)
+    assert dims["train.batch_size"].choices == (4, 8, 16)
+    assert dims["method.name"].choices == ("lora", "dora")
+    assert 8 in (dims["method.r"].choices or ())  # the config's own value is a choice
+    # head_lr only where the trial is a classifier; the objective and the method come first.
+    assert dims["train.head_lr"].when == ("train.objective", ("classify",))
+    assert [d.name for d in space.dims[:2]] == ["train.objective", "method.name"]
+    assert any("data mix" in n for n in space.notes)
+
+
+def test_tune_block_narrows_and_fixes(tmp_path: Path) -> None:
+    tune = {
+        "space": {
+            "train.lr": {"low": 1e-5, "high": 1e-3},
+            "method.r": [4, 16],
+            "train.batch_size": 4,  # fixed
+            "train.epochs": {"low": 1, "high": 3},  # replaces max_steps
+            "method.name": "lora",
+        }
+    }
+    space = build_space(_cfg(tmp_path, tune), labels=False)
+    dims = {d.name: d for d in space.dims}
+    assert set(dims) == {"train.lr", "method.r", "method.alpha", "method.dropout", "train.epochs"}
+    assert (dims["train.lr"].low, dims["train.lr"].high, dims["train.lr"].log) == (1e-5, 1e-3, True)
+    assert dims["method.r"].choices == (4, 16)
+    assert dims["train.epochs"].log is False
+    assert space.fixed == {"train.batch_size": 4, "method.name": "lora"}
+    # No label rows: sft only, so no classify head to tune either.
+    assert "train.objective" not in dims and "train.head_lr" not in dims
+
+
+def test_lora_options_only_with_a_lora_method(tmp_path: Path) -> None:
+    space = build_space(_cfg(tmp_path, {"space": {"method.name": ["lora", "ia3"]}}), labels=False)
+    assert space.get("method.r") is not None
+    assert space.get("method.r").when == ("method.name", ("lora",))  # type: ignore[union-attr]
+    ia3 = build_space(_cfg(tmp_path, {"space": {"method.name": "ia3"}}), labels=False)
+    assert ia3.get("method.r") is None and ia3.get("method.name") is None
+    with pytest.raises(SpaceError, match="method.r: applies to lora"):
+        build_space(_cfg(tmp_path, {"space": {"method.name": "ia3", "method.r": [4, 8]}}), labels=False)
+
+
+def test_space_errors_are_listed(tmp_path: Path) -> None:
+    with pytest.raises(SpaceError) as e:
+        build_space(
+            _cfg(tmp_path, {"space": {"train.objective": ["sft", "classify"], "train.batch_size": [0, 8]}}),
+            labels=False,
+        )
+    text = str(e.value)
+    assert "classify needs answers that are labels" in text
+    with pytest.raises(SpaceError, match=r"train.batch_size = 0: .*greater than 0"):
+        build_space(_cfg(tmp_path, {"space": {"train.batch_size": [0, 8]}}), labels=False)
+    with pytest.raises(SpaceError, match="primary metric is token_f1"):
+        build_space(
+            _cfg(
+                tmp_path, {"space": {"train.objective": ["sft", "classify"]}}, eval={"metrics": ["token_f1"]}
+            ),
+            labels=True,
+        )
+    with pytest.raises(ConfigError, match="did you mean 'train.lr'"):
+        _cfg(tmp_path, {"space": {"train.lrr": 1e-3}})
+
+
+def test_trial_config_keeps_what_the_config_leaves_out(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    trial = apply_values(
+        cfg, {"method.name": "ia3", "train.epochs": 2.0, "train.lr": 3e-3}, "t.t4", eval_every=5
+    )
+    assert trial.name == "t.t4" and trial.tune is None
+    assert trial.method.name == "ia3" and trial.method.r == 16  # LoRA's rank went back to its default
+    assert trial.train.max_steps is None and trial.train.epochs == 2.0 and trial.train.lr == 3e-3
+    assert trial.train.eval_every == 5
+    # What the user left out is still unset (so a data-derived recipe may fill it), what the trial sets is set.
+    assert "weight_decay" not in trial.train.model_fields_set
+    assert {"lr", "epochs", "eval_every", "batch_size"} <= trial.train.model_fields_set
+
+
+def test_first_trial_is_the_config_recipe(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, {"space": {"train.lr": {"low": 1e-2, "high": 1e-1}}})
+    values = first_trial(cfg, build_space(cfg, labels=True))
+    assert "train.lr" not in values  # 1e-3 lies outside the range: sampled instead
+    assert values["train.max_steps"] == 40 and values["method.r"] == 8 and values["method.name"] == "lora"
+    assert values["train.objective"] == "sft" and "train.head_lr" not in values
+
+
+def test_label_rows() -> None:
+    labels = [_ex(q) for q in ["billing", "access"] * 4]
+    assert label_rows(labels, [_ex("access")])
+    assert not label_rows(labels, [_ex("refunds")])  # a held-out answer outside the set
+    assert not label_rows([_ex(f"free text answer number {i}") for i in range(8)], [])
+    assert label_rows([_ex("x", label=lab) for lab in ["a", "b"] * 3], [])
+
+
+def test_durations() -> None:
+    assert parse_duration("45m") == 2700 and parse_duration("2h") == 7200
+    assert parse_duration("1h30m") == 5400 and parse_duration("90s") == 90 and parse_duration("12") == 12
+    for bad in ("2x", "", "h", "0m"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_budget_estimate_and_gate() -> None:
+    history = [TrialTime(2.0, 10, 20.0, 4.0, 8), TrialTime(4.0, 20, 40.0, 6.0, 8)]
+    # setup (median 3) + 30 steps x 2 s + scoring (median 5)
+    assert estimate_trial_s(history, 30) == pytest.approx(68.0)
+    assert estimate_trial_s([], 30) is None
+    assert estimate_trial_s([], 30, plan_step_s=0.5) == pytest.approx(15.0)
+    assert estimate_final_eval_s(history, 16) == pytest.approx(16 * 0.625)
+    now = [0.0]
+    budget = Budget(100.0, clock=lambda: now[0])
+    assert budget.fits(68.0) and not budget.fits(68.0, reserve_s=40.0)
+    now[0] = 50.0
+    assert budget.left() == 50.0 and not budget.fits(68.0) and budget.fits(None)
+    now[0] = 100.0
+    assert not budget.fits(None)
+    assert Budget(None).fits(1e9)
+
+
+def test_improvements_name_what_changed() -> None:
+    def rec(n: int, v: float | None, state: str = "complete", **params: Any) -> dict[str, Any]:
+        return {"number": n, "value": v, "state": state, "params": params}
+
+    records = [
+        rec(0, 0.5, lr=1e-3, r=8),
+        rec(1, 0.4, lr=1e-2, r=8),
+        rec(2, None, "pruned", lr=1e-5, r=4),
+        rec(3, 0.7, lr=1e-3, r=16),
+    ]
+    imp = improvements(records, maximize=True)
+    assert [i["trial"] for i in imp] == [0, 3]
+    assert imp[1]["changed"] == {"r": [8, 16]} and imp[1]["delta"] == pytest.approx(0.2)
+    assert [i["trial"] for i in improvements(records, maximize=False)] == [0, 1]
