@@ -477,3 +477,11 @@ def print_eval(ev: dict[str, Any], console: Console) -> None:
             f"[{style}]{r['status']}[/{style}]" if r["status"] else "",
         )
     console.print(t)
+    if c := ev.get("constrained"):
+        line = f"decoded inside {c['answer_space']}"
+        if free := c.get("invalid_share_unconstrained"):
+            line += (
+                f"; unconstrained, {100 * free['tuned']:.1f}% of the tuned model's answers (base "
+                f"{100 * free['base']:.1f}%) were outside it"
+            )
+        console.print(line, highlight=False)

@@ -63,3 +63,23 @@ def test_what_the_config_sets_is_kept_and_manual_derives_nothing(tmp_path: Path)
     assert applied.train.lr == 3e-4 and applied.train.batch_size == 4 and applied.train.eval_every == 10
     assert "eval_every" in applied.train.model_fields_set  # a resumed run keeps it as given
     assert derive(_cfg(tmp_path, model, {"recipe": "manual"}), str(model), [50] * 1500).choices == ()
+
+
+def test_an_encoder_gets_its_own_rate_and_more_passes(tmp_path: Path) -> None:
+    from tunesmith.models import resolve_model
+    from tunesmith.train.recipe import ENCODER_LR
+
+    path = resolve_model("builtin:all-minilm-l6-v2")
+    (tmp_path / "d.jsonl").write_text('{"text": "a", "label": "b"}\n')
+    raw = {
+        "model": path,
+        "data": {"train": "d.jsonl"},
+        "method": {"name": "full"},
+        "train": {"objective": "classify"},
+    }
+    got = {
+        c.field: c.value for c in derive(validate_config(raw, base_dir=tmp_path), path, [20] * 1500).choices
+    }
+    assert (
+        got["lr"] == ENCODER_LR and got["epochs"] == 8.0
+    )  # 94 steps an epoch; 750 steps wanted, capped at 8

@@ -6,6 +6,7 @@ says which was found. The rule is the constants below (README, `eval.constrain`)
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ LABEL_MIN_REPEATS = 2.0
 # value is seen on average ENUM_MIN_REPEATS times: queue and priority names, not summaries or copied ids.
 ENUM_MAX_VALUES = 64
 ENUM_MIN_REPEATS = 3.0
+# Any other string field gets `maxLength`: this many times its longest training value (in characters), so a
+# runaway value (a summary repeating a word) is closed before the token budget cuts the JSON open.
+FREE_STRING_SLACK = 1.25
 
 Kind = Literal["labels", "json", "free"]
 
@@ -104,6 +108,8 @@ def json_schema(objects: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
             distinct = Counter(values)
             if len(distinct) <= ENUM_MAX_VALUES and len(values) / len(distinct) >= ENUM_MIN_REPEATS:
                 prop["enum"] = sorted(distinct)
+            else:
+                prop["maxLength"] = math.ceil(FREE_STRING_SLACK * max(len(v) for v in values))
         props[k] = prop
     required = [k for k in keys if all(k in obj for obj in objects)]
     return {"type": "object", "properties": props, "required": required, "additionalProperties": False}

@@ -5,11 +5,13 @@ A setting the config states is kept as written; one it leaves out is derived her
 run's manifest. The rules (README, `train.recipe`):
 
 - `lr`: LoRA-family adapters (lora, dora, qlora) LORA_LR on a base under 1B parameters, LORA_LR_LARGE at
-  1B and above (the QLoRA paper's rate for 7-65B); ia3 IA3_LR; full fine-tuning FULL_LR. prefix and prompt
-  keep the config default.
+  1B and above (the QLoRA paper's rate for 7-65B); ia3 IA3_LR; full fine-tuning FULL_LR, ENCODER_LR on a
+  BERT-family encoder (classify). prefix and prompt keep the config default.
 - `batch_size`: 16 when 95% of the examples are at most 256 tokens, 8 up to 1024, else 4.
 - `epochs` (when `max_steps` is not set): enough passes for MIN_STEPS optimizer steps, at least 1 and at
-  most MAX_EPOCHS: a small dataset needs several passes, a large one converges within one.
+  most MAX_EPOCHS: a small dataset needs several passes, a large one converges within one. An encoder
+  (tens of millions of parameters, a step costs a fraction of a decoder's) gets ENCODER_MIN_STEPS and at
+  most ENCODER_MAX_EPOCHS.
 - `eval_every`: about EVALS_PER_RUN evaluations over the run (at least every 10 steps).
 - `head_lr` (classify) stays HEAD_LR_RATIO x lr (train.methods).
 
@@ -30,8 +32,11 @@ LORA_LR = 1e-3
 LORA_LR_LARGE = 2e-4
 IA3_LR = 3e-3
 FULL_LR = 5e-5
+ENCODER_LR = 1e-4
 MIN_STEPS = 150
 MAX_EPOCHS = 3.0
+ENCODER_MIN_STEPS = 750
+ENCODER_MAX_EPOCHS = 8.0
 EVALS_PER_RUN = 8
 LARGE_MODEL = 1e9
 
@@ -83,8 +88,11 @@ def derive(cfg: RunConfig, model_path: str, train_lengths: list[int]) -> Recipe:
     tc = cfg.train
     if tc.recipe != "auto":
         return Recipe(())
+    from tunesmith.models import is_encoder
+
     given = tc.model_fields_set
     method = cfg.method.name
+    encoder = tc.objective == "classify" and is_encoder(model_path)
     out: list[Choice] = []
     if "lr" not in given:
         params = approx_params(model_path)
@@ -95,6 +103,8 @@ def derive(cfg: RunConfig, model_path: str, train_lengths: list[int]) -> Recipe:
             out.append(Choice("lr", lr, f"{method} on a base of {size}"))
         elif method == "ia3":
             out.append(Choice("lr", IA3_LR, "ia3 rescales activations: it needs a higher rate than LoRA"))
+        elif method == "full" and encoder:
+            out.append(Choice("lr", ENCODER_LR, f"full fine-tuning of an encoder of {size}"))
         elif method == "full":
             out.append(Choice("lr", FULL_LR, "full fine-tuning moves every weight"))
     if "batch_size" not in given and train_lengths:
@@ -106,12 +116,10 @@ def derive(cfg: RunConfig, model_path: str, train_lengths: list[int]) -> Recipe:
     per_epoch = max(1, math.ceil(rows / (batch * tc.grad_accum)))
     epochs = tc.epochs
     if tc.max_steps is None and "epochs" not in given and rows:
-        epochs = float(min(MAX_EPOCHS, max(1, math.ceil(MIN_STEPS / per_epoch))))
-        out.append(
-            Choice(
-                "epochs", epochs, f"{rows:,} rows are {per_epoch} steps an epoch; at least {MIN_STEPS} steps"
-            )
-        )
+        least, most = (ENCODER_MIN_STEPS, ENCODER_MAX_EPOCHS) if encoder else (MIN_STEPS, MAX_EPOCHS)
+        epochs = float(min(most, max(1, math.ceil(least / per_epoch))))
+        why = f"{rows:,} rows are {per_epoch} steps an epoch; at least {least} steps, at most {most:g} epochs"
+        out.append(Choice("epochs", epochs, why))
     if "eval_every" not in given and rows:
         steps = tc.max_steps or math.ceil(per_epoch * epochs)
         every = max(10, math.ceil(steps / EVALS_PER_RUN))
