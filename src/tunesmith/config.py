@@ -668,7 +668,9 @@ class TuneRange(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> TuneRange:
         if not self.low < self.high:
-            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g}); a single value fixes it")
+            raise ValueError(
+                f"low ({self.low:g}) must be below high ({self.high:g}); a single value fixes it"
+            )
         if self.log and self.low <= 0:
             raise ValueError(f"a log range needs low > 0, got {self.low:g}")
         return self
@@ -743,14 +745,14 @@ class TuneConfig(_Strict):
         "the median of earlier trials at that step (Optuna's MedianPruner); `halving`, Optuna's "
         "SuccessiveHalvingPruner; `none`.",
     )
-    prune_startup_trials: int = Field(
-        2, ge=0, description="Complete trials before any trial can be pruned."
-    )
+    prune_startup_trials: int = Field(2, ge=0, description="Complete trials before any trial can be pruned.")
     prune_warmup_evals: int = Field(
         1, ge=0, description="Val evaluations of a trial before it can be pruned (early val loss is noisy)."
     )
     startup_trials: int = Field(
-        5, ge=0, description="Random trials before the TPE sampler models the results (first_trials included)."
+        5,
+        ge=0,
+        description="Random trials before the TPE sampler models the results (first_trials included).",
     )
 
     @field_validator("budget", mode="after")

@@ -29,14 +29,21 @@ from typing import TYPE_CHECKING, Any, Literal
 from rich.console import Console
 from rich.text import Text
 
-from tunesmith.config import MethodConfig, RunConfig
+from tunesmith.config import MethodConfig, RunConfig, parse_duration
 from tunesmith.eval.metrics import higher_is_better
 from tunesmith.registry import files_hash, read_manifest, update_manifest
 from tunesmith.train.loop import total_steps
-from tunesmith.train.methods import check_method_available
+from tunesmith.train.methods import MethodUnavailableError, check_method_available
 from tunesmith.train.plan import Plan
 from tunesmith.tune.budget import Budget, TrialTime, estimate_final_eval_s, estimate_trial_s
-from tunesmith.tune.space import SpaceError, build_space, check_first_trials, first_trial, label_rows
+from tunesmith.tune.space import (
+    SpaceError,
+    apply_values,
+    build_space,
+    check_first_trials,
+    first_trial,
+    label_rows,
+)
 from tunesmith.tune.states import counted, state_of
 from tunesmith.tune.trial import NotRun, StudyContext, TrialOutcome, mark_killed, run_trial
 from tunesmith.tune.workers import Heartbeat, Worker, is_alive, stale_trials
@@ -50,6 +57,8 @@ if TYPE_CHECKING:
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Lower is better for these, although eval.metrics does not list them (the held-out loss of pretrain).
 LOWER_IS_BETTER = {"held_out_loss"}
+# A worker stops after this many failed trials in a row (a config that cannot train fails every trial).
+MAX_FAILURES_IN_A_ROW = 3
 
 
 class TuneError(Exception):
@@ -211,54 +220,32 @@ class Search:
     def __init__(self, cfg: RunConfig, options: TuneOptions, console: Console, clock: Callable[[], float]):
         self.cfg, self.options, self.console = cfg, options, console
         self.clock = clock
+        self.failures = 0  # this worker's trials failed in a row
 
     # ---- set-up
     def prepare(self) -> None:
         from tunesmith.progress import make_console
-        from tunesmith.runner import check_data
+        from tunesmith.runner import check_data, resolve_recipe
 
         cfg, tc = self.cfg, self.cfg.tune
         assert tc is not None
-        budget_s = self.options.budget_s
-        if budget_s is None and tc.budget is not None:
-            from tunesmith.config import parse_duration
-
-            budget_s = parse_duration(tc.budget)
-        self.limit = self.options.trials or tc.trials
-        if budget_s is None and self.limit is None:
-            raise TuneError(
-                "give a budget or a number of trials: --budget 2h, --trials 20 (or tune.budget, tune.trials)"
-            )
-        self.budget = Budget(budget_s, self.clock)
-        self.name = self.options.study or cfg.name
-        if not STUDY_NAME.match(self.name):
-            raise TuneError(f"study name {self.name!r}: use letters, digits, '.', '_' and '-'")
+        self._limits()
         check_method_available(cfg.method, cfg.train.kernels, cfg.train.attention)
-        _, _, data = check_data(cfg, make_console(quiet=True))
+        quiet = make_console(quiet=True)
+        model_path, _, data = check_data(cfg, quiet)
         if not data.val.examples:
             raise TuneError(
                 "tune scores every trial on the val split, and it is empty: set data.split.val > 0 or give data.val"
             )
         self.data = data
-        held_out = [*data.val.examples, *data.test.examples]
+        # The space is centred on what `tunesmith run` would train: the config with the settings it leaves
+        # out derived from the data (train.recipe). Trials are built from the config as written, so what a
+        # trial does not set is derived for it the same way.
+        resolved = resolve_recipe(cfg, model_path, data, quiet)
         try:
-            self.space = build_space(cfg, label_rows(data.train.examples, held_out))
-            method_dim = self.space.get("method.name")
-            for m in method_dim.choices or () if method_dim else ():
-                try:
-                    check_method_available(MethodConfig(name=m))
-                except Exception as e:
-                    raise SpaceError([f"method.name: {e}"]) from None
-            base = cfg
-            if self.space.fixed:
-                from tunesmith.tune.space import apply_values
-
-                base = apply_values(cfg, self.space.fixed, cfg.name)
-            firsts = tc.first_trials if tc.first_trials is not None else [first_trial(base, self.space)]
-            check_first_trials(self.space, firsts)
+            base = self._space(resolved)
         except SpaceError as e:
             raise TuneError(str(e)) from None
-        self.first_trials = [t for t in firsts if t]
         self.metric = study_metric(base)
         self.maximize = maximizes(self.metric)
         self.folder = Path(cfg.runs_dir) / "tune" / self.name
@@ -285,6 +272,40 @@ class Search:
             else "pruning off: train.objective is searched, and sft and classify val losses are not on one scale"
         )
         self.study = self._open(pruning)
+
+    def _limits(self) -> None:
+        tc = self.cfg.tune
+        assert tc is not None
+        budget_s = self.options.budget_s
+        if budget_s is None and tc.budget is not None:
+            budget_s = parse_duration(tc.budget)
+        self.limit = self.options.trials or tc.trials
+        if budget_s is None and self.limit is None:
+            raise TuneError(
+                "give a budget or a number of trials: --budget 2h, --trials 20 (or tune.budget, tune.trials)"
+            )
+        self.budget = Budget(budget_s, self.clock)
+        self.name = self.options.study or self.cfg.name
+        if not STUDY_NAME.match(self.name):
+            raise TuneError(f"study name {self.name!r}: use letters, digits, '.', '_' and '-'")
+
+    def _space(self, resolved: RunConfig) -> RunConfig:
+        """The search space and the first trials; returns the base every trial varies (fixed values in)."""
+        tc = self.cfg.tune
+        assert tc is not None
+        held_out = [*self.data.val.examples, *self.data.test.examples]
+        self.space = build_space(resolved, label_rows(self.data.train.examples, held_out))
+        method_dim = self.space.get("method.name")
+        for m in method_dim.choices or () if method_dim else ():
+            try:
+                check_method_available(MethodConfig(name=m))
+            except MethodUnavailableError as e:
+                raise SpaceError([f"method.name: {e}"]) from None
+        base = apply_values(resolved, self.space.fixed, resolved.name) if self.space.fixed else resolved
+        firsts = tc.first_trials if tc.first_trials is not None else [first_trial(base, self.space)]
+        check_first_trials(self.space, firsts)
+        self.first_trials = [t for t in firsts if t]
+        return base
 
     def _open(self, pruning: bool) -> optuna.Study:
         import optuna
@@ -431,6 +452,9 @@ class Search:
         assert tc is not None
         if tc.stop == "met" and outcome.targets_met or tc.stop == "pass" and outcome.targets_pass:
             return f"targets {'met' if tc.stop == 'met' else 'passed'} on val by trial {outcome.number}"
+        self.failures = self.failures + 1 if outcome.state == "failed" else 0
+        if self.failures >= MAX_FAILURES_IN_A_ROW:
+            return f"{self.failures} trials in a row failed, the last with {outcome.note}"
         return ""
 
     def _gate(self, trial: optuna.Trial) -> Callable[[RunConfig, Plan, PreparedData], None]:
@@ -608,6 +632,7 @@ class Search:
                 ev = eval_run(run_dir, self.console).eval or {}
                 tag = read_manifest(run_dir).get("tune") or {}
                 update_manifest(run_dir, tune={**tag, "chosen": True})
+                self.console.print(f"result: {run_dir} (report: {run_dir / 'report.html'})", highlight=False)
             rows = {r["metric"]: r for r in ev.get("metrics", [])}
             primary = ev.get("primary_metric")
             result = {
