@@ -12,11 +12,12 @@ from helpers import write_toy_config
 
 
 def write_tune_config(root: Path, model_dir: Path, tune: dict[str, Any], **top: Any) -> Path:
-    """The toy config (80 rows: 56 train, 8 val, 16 test; 6 steps of 8 examples, val loss at steps 3 and 6)
-    with `tune` as its tune block; `top` replaces top-level keys (targets, train, ...)."""
+    """The toy config (80 rows: 56 train, 8 val, 16 test of which the first 8 are evaluated; 6 steps of 8
+    examples, val loss at steps 3 and 6) with `tune` as its tune block; `top` replaces top-level keys
+    (targets, train, ...)."""
     path = write_toy_config(root, model_dir)
     cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    cfg["eval"].update({"forgetting_probe": False, "latency_probe": 0, "metrics": ["accuracy"]})
+    cfg["eval"].update({"forgetting_probe": False, "latency_probe": 0, "metrics": ["accuracy"], "limit": 8})
     cfg["tune"] = tune
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):
