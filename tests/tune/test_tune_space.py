@@ -12,6 +12,7 @@ from tunesmith.data.formats import Example
 from tunesmith.tune.budget import Budget, TrialTime, estimate_final_eval_s, estimate_trial_s
 from tunesmith.tune.page import improvements
 from tunesmith.tune.space import SpaceError, apply_values, build_space, first_trial, label_rows
+from tunesmith.tune.study import space_clashes
 
 
 def _cfg(tmp_path: Path, tune: dict[str, Any] | None = None, **top: Any) -> RunConfig:
@@ -182,3 +183,11 @@ def test_improvements_name_what_changed() -> None:
     assert [i["trial"] for i in imp] == [0, 3]
     assert imp[1]["changed"] == {"r": [8, 16]} and imp[1]["delta"] == pytest.approx(0.2)
     assert [i["trial"] for i in improvements(records, maximize=False)] == [0, 1]
+
+
+def test_a_resumed_study_refuses_a_space_optuna_cannot_continue(tmp_path: Path) -> None:
+    old = [d.as_dict() for d in build_space(_cfg(tmp_path), labels=False).dims]
+    wider = _cfg(tmp_path, {"space": {"train.lr": {"low": 1e-6, "high": 1e-1}}})  # new bounds: fine
+    assert space_clashes(old, build_space(wider, labels=False)) == []
+    changed = _cfg(tmp_path, {"space": {"train.lr": [1e-3, 1e-2], "method.r": [4, 64]}})
+    assert space_clashes(old, build_space(changed, labels=False)) == ["train.lr", "method.r"]

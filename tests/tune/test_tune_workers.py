@@ -111,8 +111,10 @@ def test_two_workers_split_the_trials_and_survive_a_kill(tune_config: Any, tmp_p
     assert [t["number"] for t in by_state["killed"]] == [victim[0].number]
     # Split between the workers: B and A both ran trials.
     assert {t["worker"]["pid"] for t in ran} == {b.pid, os.getpid()}
-    # None ran twice: one run directory per trial, each tagged with its own trial number.
+    # None ran twice: no two trials drew the same values (two workers asking at once draw apart), and there
+    # is one run directory per trial, tagged with its own trial number.
     runs = [p for p in (tmp_path / "runs").iterdir() if (p / "manifest.json").is_file()]
+    assert len({json.dumps(t["params"], sort_keys=True) for t in ran}) == len(ran)
     tags = sorted(read_manifest(p)["tune"]["trial"] for p in runs)
     assert tags == sorted(t["number"] for t in [*ran, *by_state["killed"]])
     killed = read_manifest(Path(by_state["killed"][0]["run_dir"]))

@@ -21,7 +21,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,6 +37,7 @@ from tunesmith.train.methods import MethodUnavailableError, check_method_availab
 from tunesmith.train.plan import Plan
 from tunesmith.tune.budget import Budget, TrialTime, estimate_final_eval_s, estimate_trial_s
 from tunesmith.tune.space import (
+    Space,
     SpaceError,
     apply_values,
     build_space,
@@ -186,6 +187,23 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [x for k in sorted(set(a) | set(b)) for x in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
     return [prefix.rstrip(".")] if a != b else []
+
+
+def space_clashes(old: list[dict[str, Any]], space: Space) -> list[str]:
+    """Dimensions of a resumed study's space that Optuna cannot continue with: a range that became a list
+    (or back), another log setting or integer kind, other choices. A range's bounds may change."""
+    out = []
+    for d in old:
+        new = space.get(d["name"])
+        if new is None:
+            continue
+        if new.choices is not None:
+            clash = d.get("choices") != list(new.choices)
+        else:
+            clash = d.get("choices") is not None or bool(d.get("log")) != new.log or d.get("kind") != new.kind
+        if clash:
+            out.append(d["name"])
+    return out
 
 
 def _fmt_time(s: float | None) -> str:
@@ -350,6 +368,13 @@ class Search:
                 f"study {self.name!r} was started with other settings ({', '.join(differ[:6])}); resume it "
                 "with that config, or start another study with --study NAME"
             )
+        clash = space_clashes(study.user_attrs.get("space") or [], self.space)
+        if clash:
+            raise TuneError(
+                f"study {self.name!r} searched {', '.join(clash)} differently (Optuna keeps one kind of "
+                "distribution, and one list of choices, per parameter): keep those as they were, or start "
+                "another study with --study NAME"
+            )
         if study.direction.name.lower() != direction:
             raise TuneError(
                 f"study {self.name!r} is to {study.direction.name.lower()}; this config's {self.metric} "
@@ -430,7 +455,13 @@ class Search:
         values = self.space.sample(trial)
         started = self.clock()
         try:
-            with Heartbeat(trial):
+            # On a terminal a spinner says which trial runs (its own output goes to its log file).
+            status: Any = (
+                self.console.status(f"trial {trial.number}  {_fmt_params(values)}")
+                if self.console.is_terminal
+                else nullcontext()
+            )
+            with status, Heartbeat(trial):
                 outcome = run_trial(self.ctx, trial, values, self._gate(trial))
         except NotRun as e:
             return self._not_run(trial, str(e))
