@@ -103,11 +103,11 @@ def _start_run(
     cfg: RunConfig,
     console: Console,
     refuse_unfit: bool,
-    gate: Callable[[Plan, PreparedData], None] | None = None,
+    gate: Callable[[RunConfig, Plan, PreparedData], None] | None = None,
 ) -> tuple[RunConfig, Path, str, Any, PreparedData, Plan]:
     """The data stage into a new run directory; returns the config as it will train (recipe applied).
-    `gate(plan, data)` may refuse the run, by raising, before its directory is made (`tune`: a trial that
-    would not finish in the budget left)."""
+    `gate(cfg, plan, data)` may refuse the run, by raising, before its directory is made (`tune`: a trial
+    that would not finish in the budget left)."""
     model_path, tok, data = check_data(cfg, console)
     cfg = resolve_recipe(cfg, model_path, data, console)
     plan = plan_on_this_machine(cfg, model_path, data, console)
@@ -116,7 +116,7 @@ def _start_run(
             raise PlanError(plan.refusal())
         console.print(f"[yellow]warning:[/yellow] {plan.refusal()}", highlight=False)
     if gate is not None:
-        gate(plan, data)
+        gate(cfg, plan, data)
     data.preflight["plan"] = plan.as_dict()
     run_dir = new_run_dir(cfg)
     console.print(f"run directory: [bold]{run_dir}[/bold]")
@@ -322,7 +322,7 @@ def train_trial(
     cfg: RunConfig,
     console: Console,
     on_eval: EvalHook | None = None,
-    gate: Callable[[Plan, PreparedData], None] | None = None,
+    gate: Callable[[RunConfig, Plan, PreparedData], None] | None = None,
     on_run_dir: Callable[[Path], None] | None = None,
 ) -> Trained:
     """`tune`: the data and train stages of a new run, as `tunesmith train CFG` runs them. `gate`: see

@@ -6,7 +6,7 @@ file backend and an O_EXCL lock file): every change is one appended line, writte
 fsynced, so several local worker processes share it without SQLite's "database is locked" under concurrent
 writers, and a process killed mid-write leaves at most an unfinished last line, which readers skip. A
 `--storage` URL (sqlite:///..., postgresql://..., mysql://...) is an Optuna RDB storage: a database server
-is what workers on several machines share. A path ending in .log is a journal file elsewhere (on a shared
+is what workers on several machines share. Any other value is the path of a journal file (on a shared
 filesystem, say).
 
 Sampler: TPE, seeded from train.seed and the trial number (so two workers starting at once do not draw the

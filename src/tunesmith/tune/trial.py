@@ -164,9 +164,7 @@ def run_trial(
                         step,
                     )
 
-            trained = train_trial(
-                cfg, console, on_eval=on_eval, gate=lambda p, d: gate(cfg, p, d), on_run_dir=on_run_dir
-            )
+            trained = train_trial(cfg, console, on_eval=on_eval, gate=gate, on_run_dir=on_run_dir)
             train_s, steps = trained.result.seconds, trained.result.steps
             setup_s = time.monotonic() - t0 - train_s
             t1 = time.monotonic()
