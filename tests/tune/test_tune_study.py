@@ -152,3 +152,22 @@ def test_resume_after_a_kill_marks_the_trial_and_does_not_count_it(tune_config: 
     assert sorted(by_trial) == [0, 1, 2]
     scored = {n for n, r in by_trial.items() if (r.path / "eval" / "eval.json").is_file()}
     assert s["result"]["trial"] in scored and scored <= {0, s["result"]["trial"]}
+
+
+def test_configuration_problems_exit_2_before_any_trial(tune_config: Any, tmp_path: Path) -> None:
+    import optuna
+
+    from tunesmith.tune.study import open_storage
+
+    cfg = tune_config({"space": {"method.name": "ia3", "method.r": [4, 8]}})
+    res = cli_here("tune", str(cfg), "--trials", "2")
+    assert res.returncode == 2 and "method.r: applies to lora, dora, qlora" in " ".join(res.stderr.split())
+    cfg = tune_config({"space": CLASSIFY})
+    res = cli_here("tune", str(cfg))
+    assert res.returncode == 2 and "give a budget or a number of trials" in res.stderr
+    res = cli_here("tune", str(cfg), "--budget", "2x")
+    assert res.returncode == 2 and "--budget" in res.stderr
+    optuna.create_study(study_name="toy", storage=open_storage(None, tmp_path / "runs" / "tune" / "toy"))
+    res = cli_here("tune", str(cfg), "--trials", "2")
+    assert res.returncode == 2 and "already exists" in res.stderr and "--resume" in res.stderr
+    assert not [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("toy.t")]
