@@ -110,6 +110,12 @@ def test_space_errors_are_listed(tmp_path: Path) -> None:
             ),
             labels=True,
         )
+    # An encoder base classifies only: no objective to choose, and asking for one is an error.
+    assert build_space(_cfg(tmp_path), labels=True, encoder=True).get("train.objective") is None
+    with pytest.raises(SpaceError, match="is an encoder"):
+        build_space(
+            _cfg(tmp_path, {"space": {"train.objective": ["sft", "classify"]}}), labels=True, encoder=True
+        )
     with pytest.raises(ConfigError, match="did you mean 'train.lr'"):
         _cfg(tmp_path, {"space": {"train.lrr": 1e-3}})
 

@@ -227,9 +227,10 @@ def classify_fits(cfg: RunConfig) -> list[str]:
     return why
 
 
-def build_space(cfg: RunConfig, labels: bool) -> Space:
+def build_space(cfg: RunConfig, labels: bool, encoder: bool = False) -> Space:
     """The search space of `cfg`: the dimensions that apply to it, with its `tune.space` narrowing or fixing
-    them. `labels`: the data's answers are labels (label_rows), so sft and classify are both candidates."""
+    them. `labels`: the data's answers are labels (label_rows), so sft and classify are both candidates;
+    `encoder`: the base is an encoder (BERT family), which classifies only."""
     entries = dict(cfg.tune.space) if cfg.tune else {}
     fixed = {
         name: _single(e, TUNE_DIMENSIONS[name]) for name, e in entries.items() if _from_entry(name, e) is None
@@ -243,7 +244,7 @@ def build_space(cfg: RunConfig, labels: bool) -> Space:
             raise SpaceError([f"fixed values: {i}" for i in e.issues]) from None
     given = {name: d for name, e in entries.items() if (d := _from_entry(name, e)) is not None}
     objective = base.train.objective
-    classify_ok = labels and objective in ("sft", "classify") and not classify_fits(base)
+    classify_ok = labels and not encoder and objective in ("sft", "classify") and not classify_fits(base)
     dims = _default_dims(base, classify_ok and "train.objective" not in fixed)
     if "train.epochs" in entries or "train.max_steps" in entries:
         dims.pop("train.epochs", None)
@@ -259,6 +260,8 @@ def build_space(cfg: RunConfig, labels: bool) -> Space:
     if "train.objective" in given:
         if set(objectives) - {"sft", "classify"} or objective not in ("sft", "classify"):
             problems.append("train.objective: the search chooses between sft and classify only")
+        elif encoder:
+            problems.append("train.objective: the base model is an encoder, which trains classify only")
         elif not labels:
             problems.append(
                 "train.objective: classify needs answers that are labels (a closed set of short answers "

@@ -242,6 +242,7 @@ class Search:
 
     # ---- set-up
     def prepare(self) -> None:
+        from tunesmith.models import is_encoder
         from tunesmith.progress import make_console
         from tunesmith.runner import check_data, resolve_recipe
 
@@ -261,7 +262,7 @@ class Search:
         # trial does not set is derived for it the same way.
         resolved = resolve_recipe(cfg, model_path, data, quiet)
         try:
-            base = self._space(resolved)
+            base = self._space(resolved, is_encoder(model_path))
         except SpaceError as e:
             raise TuneError(str(e)) from None
         self.metric = study_metric(base)
@@ -307,12 +308,12 @@ class Search:
         if not STUDY_NAME.match(self.name):
             raise TuneError(f"study name {self.name!r}: use letters, digits, '.', '_' and '-'")
 
-    def _space(self, resolved: RunConfig) -> RunConfig:
+    def _space(self, resolved: RunConfig, encoder: bool) -> RunConfig:
         """The search space and the first trials; returns the base every trial varies (fixed values in)."""
         tc = self.cfg.tune
         assert tc is not None
         held_out = [*self.data.val.examples, *self.data.test.examples]
-        self.space = build_space(resolved, label_rows(self.data.train.examples, held_out))
+        self.space = build_space(resolved, label_rows(self.data.train.examples, held_out), encoder)
         method_dim = self.space.get("method.name")
         for m in method_dim.choices or () if method_dim else ():
             try:
