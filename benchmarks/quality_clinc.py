@@ -1,6 +1,6 @@
 """Quality on real data, in one run: CLINC150 in-scope accuracy of tunesmith's recipes on the same rows.
 
-The subset (`--per-intent`, default 10 train / 2 val / 10 test rows per intent of the 150, drawn with a
+The subset (`--per-intent`, default 10 train / 2 val / 4 test rows per intent of the 150, drawn with a
 fixed seed from ../shared/data/clinc150/) trains in minutes on a CPU. Every arm is a `tunesmith run` of
 the same three files in its own process, with the built-in SmolLM2-135M-Instruct and LoRA r16/alpha32:
 
@@ -44,7 +44,13 @@ BASE = {
     "model": "builtin:smollm2-135m-instruct",
     "method": {"name": "lora", "r": 16, "alpha": 32},
     "train": {"max_length": 128, "seed": 0},
-    "eval": {"metrics": ["accuracy"], "forgetting_probe": False, "max_new_tokens": 16, "latency_probe": 0},
+    "eval": {
+        "metrics": ["accuracy"],
+        "forgetting_probe": False,
+        "max_new_tokens": 16,
+        "latency_probe": 0,
+        "batch_size": 64,
+    },
 }
 ARMS: dict[str, dict[str, Any]] = {
     "sft-today": {"train": {"objective": "sft", "recipe": "manual"}},
@@ -170,7 +176,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    ap.add_argument("--per-intent", type=int, nargs=3, default=[10, 2, 10], metavar=("TRAIN", "VAL", "TEST"))
+    ap.add_argument("--per-intent", type=int, nargs=3, default=[10, 2, 4], metavar=("TRAIN", "VAL", "TEST"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS / "quality_clinc.json")
     ap.add_argument("--work", type=Path, default=None, help="keep the subset and the runs here")

@@ -180,7 +180,8 @@ class Engine:
                 if time.monotonic() > deadline:
                     raise GenerationTimeout()
                 logits = out.logits[0, -1].float().cpu()
-                if constraint is not None and (allowed := constraint.allowed(generated)):
+                allowed = constraint.allowed(generated) if constraint is not None else ()
+                if len(allowed):  # a list, or a tensor of ids (JSON): never tested for truth
                     keep = torch.full_like(logits, -torch.inf)
                     keep[allowed] = 0.0
                     logits = logits + keep
