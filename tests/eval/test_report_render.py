@@ -82,7 +82,9 @@ def test_eval_cli_exit_code_and_comparison(run_copy: Path, evaluated_run: Path, 
     res = runner.invoke(app, ["compare", str(evaluated_run), str(run_copy), "--out", str(out)])
     assert res.exit_code == 0, res.output
     page = out.read_text()
-    assert page.count("<code>toy-") == 2 and "id=comparison" in page and "macro_f1" in page
+    runs_table = page.split("id=comparison")[0]
+    assert runs_table.count("<code>toy-") == 2 and "id=comparison" in page and "macro_f1" in page
+    assert "id=iterations" in page
     res = runner.invoke(app, ["compare", str(tmp_path)])
     # rich wraps the message at the runner's 80 columns, a long temporary path included.
     assert res.exit_code == 1 and "eval.json" in res.output.replace("\n", "")

@@ -58,6 +58,7 @@ def test_serve_feedback_export_continual_run(runs: tuple[Path, list[str]], tmp_p
     ]
     rows = make_label_rows(20, seed=3)
     rows[0]["instruction"] += " reply to jane.doe@example.com"
+    answered: list[str | None] = []
     with ServerProcess(args, tmp_path / "serve.log") as srv:
         assert _served_run(srv) == run_a
         with openai.OpenAI(base_url=srv.url + "/v1", api_key=KEY, max_retries=0) as c:
@@ -69,6 +70,8 @@ def test_serve_feedback_export_continual_run(runs: tuple[Path, list[str]], tmp_p
                     temperature=1.0,  # sampled: the tiny model's greedy answer is blank, no DPO pair to make
                     seed=i,
                 )
+                # A label run answers inside its label set: only a wrong label makes a DPO pair.
+                answered.append(r.choices[0].message.content)
                 fb = httpx.post(
                     srv.url + "/v1/feedback",
                     headers={"Authorization": f"Bearer {KEY}"},
@@ -94,7 +97,9 @@ def test_serve_feedback_export_continual_run(runs: tuple[Path, list[str]], tmp_p
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert summary["sft"] == 20 and summary["dpo"] == 20, summary
+    wrong = sum(a != row["output"] for a, row in zip(answered, rows, strict=True))
+    assert set(answered) <= set(QUEUES) and wrong > 0
+    assert summary["sft"] == 20 and summary["dpo"] == wrong, summary
     meta = json.loads((out / "feedback_set.json").read_text())
     assert meta["id"] == summary["feedback_set"] and meta["runs"] == [run_a]
     # The same loader as any training data: every example parses, with no issue.
@@ -103,7 +108,7 @@ def test_serve_feedback_export_continual_run(runs: tuple[Path, list[str]], tmp_p
     assert {ex.reference for ex in sft} <= set(QUEUES)
     assert sft[0].messages[0] == {"role": "system", "content": "Route the ticket."}  # the run's system prompt
     dpo, issues = load_examples([str(out / "dpo.jsonl")])
-    assert not issues and len(dpo) == 20 and all(ex.kind == "preference" and ex.rejected for ex in dpo)
+    assert not issues and len(dpo) == wrong and all(ex.kind == "preference" and ex.rejected for ex in dpo)
     stored = (out / "sft.jsonl").read_text() + (out / "dpo.jsonl").read_text()
     assert "jane.doe@example.com" not in stored and "<EMAIL>" in stored
     assert "jane.doe@example.com" not in (serve_dir / "feedback.sqlite").read_bytes().decode(

@@ -59,10 +59,11 @@ USER = "my refund is broken since monday please help"
 
 
 def _reference_answer(runs: Path, run_id: str, text: str, max_tokens: int) -> str:
-    """Greedy answer of base + that run's adapter, computed here, as training and eval would."""
+    """Greedy answer of base + that run's adapter, computed here, as eval would."""
     from peft import PeftModel
 
     from tunesmith.data.tokenize import encode_prompt, stop_token_ids
+    from tunesmith.eval.constrain import run_decoder
     from tunesmith.eval.generate import generate
     from tunesmith.models import load_model, load_tokenizer
     from tunesmith.registry import read_manifest
@@ -71,9 +72,10 @@ def _reference_answer(runs: Path, run_id: str, text: str, max_tokens: int) -> st
     tok = load_tokenizer(str(run / "adapter"))
     model = PeftModel.from_pretrained(load_model(read_manifest(run)["model_path"]), str(run / "adapter"))
     msgs: Any = [{"role": "system", "content": "Route the ticket."}, {"role": "user", "content": text}]
-    (gen,) = generate(
-        model, tok, [encode_prompt(tok, msgs)], max_tokens, 1, stop_token_ids(tok, model.generation_config)
-    )
+    stops = stop_token_ids(tok, model.generation_config)
+    # Inside the run's label set, as eval and serve decode a label task (eval.constrain: auto).
+    decoder = run_decoder(run, "auto", tok, stops)
+    (gen,) = generate(model, tok, [encode_prompt(tok, msgs)], max_tokens, 1, stops, decoder=decoder)
     return gen.text
 
 

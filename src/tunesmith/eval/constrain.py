@@ -19,8 +19,10 @@ off at `offset`), so rows of one left-padded batch share the tree or parser stat
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tunesmith.data.answers import AnswerSpace
@@ -166,4 +168,14 @@ class Decoder:
         return None
 
 
-__all__ = ["Decoder", "LabelTrie", "answer_ids"]
+def run_decoder(run_dir: Path, constrain: str, tok: Any, stop_ids: Sequence[int]) -> Decoder | None:
+    """The decoder a run's eval used (its pre-flight's answer space, `eval.constrain`), or None for free
+    text: serve and export verification decode as eval did."""
+    pre = run_dir / "data" / "preflight.json"
+    if constrain != "auto" or not pre.is_file():
+        return None
+    space = AnswerSpace.from_dict(json.loads(pre.read_text(encoding="utf-8")).get("answer_space"))
+    return Decoder(space, tok, stop_ids) if space.kind != "free" else None
+
+
+__all__ = ["Decoder", "LabelTrie", "answer_ids", "run_decoder"]

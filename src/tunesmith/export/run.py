@@ -83,6 +83,7 @@ def _eval_agreement(exported: Any, tok: Any, cfg: Any, run_dir: Path, n: int) ->
     """The exported model's greedy answers vs the tuned answers the eval stage recorded in-process."""
     from tunesmith.data.pipeline import read_prepared_examples
     from tunesmith.data.tokenize import encode_prompt, stop_token_ids
+    from tunesmith.eval.constrain import run_decoder
     from tunesmith.eval.generate import generate
 
     preds_path = run_dir / "eval" / "predictions.jsonl"
@@ -92,7 +93,9 @@ def _eval_agreement(exported: Any, tok: Any, cfg: Any, run_dir: Path, n: int) ->
     test = read_prepared_examples(run_dir / "data" / "test.jsonl")[: min(n, len(preds))]
     prompts = [encode_prompt(tok, ex.messages) for ex in test]
     stops = stop_token_ids(tok, getattr(exported, "generation_config", None))
-    gens = generate(exported, tok, prompts, cfg.eval.max_new_tokens, 1, stops)
+    # Decoded as the eval stage decoded (inside the answers' closed set when it was constrained).
+    decoder = run_decoder(run_dir, cfg.eval.constrain, tok, stops)
+    gens = generate(exported, tok, prompts, cfg.eval.max_new_tokens, 1, stops, decoder=decoder)
     same = [g.text == p["tuned"] for g, p in zip(gens, preds, strict=False)]
     return {"prompts": len(same), "agreement": sum(same) / max(len(same), 1)}
 

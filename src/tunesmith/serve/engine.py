@@ -10,7 +10,6 @@ decodes them (tunesmith.eval.constrain); raw-text completions are not.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -125,6 +124,7 @@ class Engine:
         self.base_path = next(iter(bases))
         self.context = int(getattr(self.model.config, "max_position_embeddings", 2048))
         from tunesmith.data.tokenize import stop_token_ids
+        from tunesmith.eval.constrain import run_decoder
 
         for adapter, (d, cfg, manifest, saved) in zip(names, runs, strict=True):
             tok = load_tokenizer(str(saved))  # the tokenizer and chat template training used
@@ -136,8 +136,11 @@ class Engine:
                 stop_ids=stop_token_ids(tok, getattr(self.model, "generation_config", None)),
                 system_prompt=cfg.data.system_prompt,
                 clean=cfg.data.clean,
-                decoder=_decoder(
-                    d, cfg, tok, stop_token_ids(tok, getattr(self.model, "generation_config", None))
+                decoder=run_decoder(
+                    d,
+                    cfg.eval.constrain,
+                    tok,
+                    stop_token_ids(tok, getattr(self.model, "generation_config", None)),
                 ),
             )
         for alias, run_id in (aliases or {}).items():
@@ -195,18 +198,6 @@ class Engine:
                     cache=out.cache,
                     use_cache=True,
                 )
-
-
-def _decoder(run_dir: Path, cfg: Any, tok: Any, stop_ids: list[int]) -> Decoder | None:
-    """The run's answer space from its pre-flight (as eval decodes it), or None for free text."""
-    from tunesmith.data.answers import AnswerSpace
-    from tunesmith.eval.constrain import Decoder as _Decoder
-
-    pre = run_dir / "data" / "preflight.json"
-    if cfg.eval.constrain != "auto" or not pre.is_file():
-        return None
-    space = AnswerSpace.from_dict(json.loads(pre.read_text(encoding="utf-8")).get("answer_space"))
-    return _Decoder(space, tok, stop_ids) if space.kind != "free" else None
 
 
 def _pick(logits: Any, s: Sampling, gen: Any) -> int:
