@@ -15,7 +15,8 @@ run's manifest. The rules (README, `train.recipe`):
 - `eval_every`: about EVALS_PER_RUN evaluations over the run (at least every 10 steps).
 - `head_lr` (classify) stays HEAD_LR_RATIO x lr (train.methods).
 
-Measured on CLINC150 and the support-tickets example (benchmarks/quality_clinc.py, README "Quality").
+Measured on a CLINC150 subset (benchmarks/quality_clinc.py, README "Quality by default"): sft 0.490 -> 0.863,
+classify 0.475 -> 0.862 against the earlier fixed defaults; the encoder rule (lr 1e-4, 8 epochs) 0.910.
 """
 
 from __future__ import annotations
