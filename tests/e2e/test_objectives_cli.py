@@ -91,4 +91,7 @@ def test_pretrain_run_lowers_held_out_loss(tmp_path: Path, tiny_model_dir: Path)
     ev = json.loads((run / "eval" / "eval.json").read_text())
     loss = next(r for r in ev["metrics"] if r["metric"] == "held_out_loss")
     assert loss["tuned"] < loss["base"] and loss["delta_ci"][1] < 0
+    # A falling loss is an improvement: the report and the regressions read it the right way round.
+    assert loss["higher_is_better"] is False
+    assert "held_out_loss" in (run / "report.html").read_text()
     assert ev["perplexity"]["tuned"] < ev["perplexity"]["base"]

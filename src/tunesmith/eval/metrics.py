@@ -129,7 +129,12 @@ SIMPLE: dict[str, Callable[[str, str], float]] = {
 }
 
 # Which way is better, for deltas, regressions and the forgetting probe; None: neither (a property).
-HIGHER_IS_BETTER: dict[str, bool | None] = {"hallucination": False, "perplexity": False, "readability": None}
+HIGHER_IS_BETTER: dict[str, bool | None] = {
+    "hallucination": False,
+    "perplexity": False,
+    "held_out_loss": False,  # pretrain's held-out eval
+    "readability": None,
+}
 
 
 def higher_is_better(metric: str) -> bool | None:

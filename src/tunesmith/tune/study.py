@@ -56,8 +56,6 @@ if TYPE_CHECKING:
     from tunesmith.data.pipeline import PreparedData
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-# Lower is better for these, although eval.metrics does not list them (the held-out loss of pretrain).
-LOWER_IS_BETTER = {"held_out_loss"}
 # A worker stops after this many failed trials in a row (a config that cannot train fails every trial).
 MAX_FAILURES_IN_A_ROW = 3
 
@@ -104,8 +102,6 @@ def study_metric(cfg: RunConfig) -> str:
 
 
 def maximizes(metric: str) -> bool:
-    if metric in LOWER_IS_BETTER:
-        return False
     better = higher_is_better(metric)
     if better is None:
         raise TuneError(
