@@ -26,19 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.answers import AnswerSpace
-from tunesmith.data.tokenize import segments
+from tunesmith.data.formats import Message
+from tunesmith.data.tokenize import IGNORE, encode_chat
 
 
 def answer_ids(tok: Any, answer: str, stop_ids: Sequence[int]) -> list[int]:
-    """`answer`'s token ids as training encodes an assistant turn (encode_chat): the content and the
+    """`answer`'s token ids as training puts them under the loss (encode_chat): the content and the
     end-of-turn token, nothing after it."""
-    text, _ = segments(tok, [{"role": "user", "content": "x"}, {"role": "assistant", "content": answer}])[-1]
-    ids = list(tok(text, add_special_tokens=False)["input_ids"])
-    stops = set(stop_ids)
-    end = next((k for k, t in enumerate(ids) if t in stops), None)
-    if end is None:
-        return [*ids, int(tok.eos_token_id if tok.eos_token_id is not None else stop_ids[0])]
-    return ids[: end + 1]
+    msgs: list[Message] = [{"role": "user", "content": "x"}, {"role": "assistant", "content": answer}]
+    enc = encode_chat(tok, msgs, max_length=1 << 30, stop_ids=stop_ids)
+    return [t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE]
 
 
 class LabelTrie:
@@ -140,21 +137,15 @@ class Decoder:
         self.space = space
         self.tok = tok
         self.stops = tuple(int(s) for s in stop_ids)
-        self.trie = (
-            LabelTrie([answer_ids(tok, lab, self.stops) for lab in space.labels])
-            if space.kind == "labels"
-            else None
+        # Each label tokenized once: the tree and the unconstrained pass's budget both read them.
+        self.label_ids = (
+            [answer_ids(tok, lab, self.stops) for lab in space.labels] if space.kind == "labels" else []
         )
-
-    @property
-    def active(self) -> bool:
-        return self.space.kind != "free"
+        self.trie = LabelTrie(self.label_ids) if self.label_ids else None
 
     def max_answer_tokens(self) -> int | None:
         """Labels: the longest label's tokens (an unconstrained pass needs no more to be told valid)."""
-        if self.space.kind != "labels":
-            return None
-        return max(len(answer_ids(self.tok, lab, self.stops)) for lab in self.space.labels)
+        return max(len(ids) for ids in self.label_ids) if self.label_ids else None
 
     def processor(self, offset: int) -> _Constraint | None:
         if self.trie is not None:
