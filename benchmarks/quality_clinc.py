@@ -11,8 +11,21 @@ the same three files in its own process, with the built-in SmolLM2-135M-Instruct
   classify-new  train.objective classify with today's defaults (head at 10x lr in its own group)
   classify-today classify with the earlier settings (recipe manual: head at the adapter's lr)
   encoder       classify on builtin:all-minilm-l6-v2 (BERT, 22M parameters), full fine-tune
+  trl           the peer: a plain TRL script (`SFTTrainer` with `SFTConfig`'s defaults: lr 2e-5, 3 epochs,
+                batch 8, linear decay, loss on every token of the `messages` rows) with the same LoRA
+                (r16/alpha32, all linear layers), on the same train rows. Two settings differ from TRL's
+                defaults, for speed only: bf16 off (TRL refuses its own default on a CPU without bf16) and
+                gradient checkpointing off (it recomputes the same activations). Scored by the same scorer
+                on the same test rows, greedy, prompts through the same chat template: unconstrained (what
+                the script would get), and constrained with tunesmith's label tree, for the invalid share.
+  tune          `tunesmith tune` on the sft-new config with `targets: {accuracy: 0.88}` and a 45-minute
+                budget (`--tune-budget`): every trial scored on all 300 val rows, the chosen trial once on
+                test. Its default space holds the built-in encoder as another base for this label task.
 
     PYTHONPATH=src .venv/bin/python benchmarks/quality_clinc.py [--arms sft-today sft-new ...] [--per-intent 10]
+    # this session's run: pip install trl==1.16.0 (a benchmark peer, not in the lock)
+    PYTHONPATH=src .venv/bin/python benchmarks/quality_clinc.py --arms encoder trl tune --out \
+        benchmarks/results/quality_clinc-trl-tune.json
 
 Writes benchmarks/results/quality_clinc.json (per arm: accuracy with its 95% CI, macro-F1 where computed,
 invalid-label shares, the recipe that ran, wall time) and quality_clinc.png, and prints a table. The CPU
@@ -24,6 +37,7 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
+import hashlib
 import json
 import platform
 import random
@@ -52,6 +66,7 @@ BASE = {
         "batch_size": 64,
     },
 }
+TUNE_TARGET = 0.88  # the issue's goal for tune on this subset
 ARMS: dict[str, dict[str, Any]] = {
     "sft-today": {"train": {"objective": "sft", "recipe": "manual"}},
     "sft-new": {"train": {"objective": "sft"}},
@@ -62,6 +77,8 @@ ARMS: dict[str, dict[str, Any]] = {
         "method": {"name": "full"},
         "train": {"objective": "classify"},
     },
+    "tune": {"train": {"objective": "sft"}, "targets": {"accuracy": TUNE_TARGET}, "tune": {"val_limit": 300}},
+    "trl": {},  # not a tunesmith config: run_trl
 }
 
 
@@ -91,6 +108,11 @@ def subset(out: Path, per_intent: dict[str, int], seed: int) -> dict[str, int]:
     return counts
 
 
+def subset_hash(data: Path) -> dict[str, str]:
+    """Each split file's sha256: arms of separate runs compare only on the same rows."""
+    return {s: hashlib.sha256((data / f"{s}.csv").read_bytes()).hexdigest() for s in ("train", "val", "test")}
+
+
 def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = dict(a)
     for k, v in b.items():
@@ -116,18 +138,27 @@ def arm_config(name: str, data: Path, runs: Path) -> Path:
     return path
 
 
-def run_arm(name: str, data: Path, runs: Path) -> dict[str, Any]:
+def run_arm(name: str, data: Path, runs: Path, tune_budget: str) -> dict[str, Any]:
+    if name == "trl":
+        return run_trl_arm(data)
     cfg = arm_config(name, data, runs)
     log = data / f"{name}.log"
+    cmd = ["run", str(cfg)] if name != "tune" else ["tune", str(cfg), "--budget", tune_budget]
     t = time.perf_counter()
     with log.open("w") as f:
         proc = subprocess.run(
-            [sys.executable, "-m", "tunesmith.cli", "run", str(cfg)], stdout=f, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "tunesmith.cli", *cmd], stdout=f, stderr=subprocess.STDOUT
         )
     wall = time.perf_counter() - t
-    run_dir = max((runs.glob(f"{name}-*")), key=lambda p: p.stat().st_mtime, default=None)
     out: dict[str, Any] = {"arm": name, "rc": proc.returncode, "wall_s": round(wall, 1)}
-    if proc.returncode not in (0, 1) or run_dir is None:  # 1: targets missed (none are set here)
+    if name == "tune":
+        study = json.loads((runs / "tune" / name / "study.json").read_text())
+        out["study"] = tune_summary(study, tune_budget)
+        result = study.get("result") or {}
+        run_dir = Path(result["run_dir"]) if result.get("run_dir") else None
+    else:
+        run_dir = max((runs.glob(f"{name}-*")), key=lambda p: p.stat().st_mtime, default=None)
+    if proc.returncode not in (0, 1) or run_dir is None:  # 1: targets missed
         out["log_tail"] = log.read_text()[-2000:]
         return out
     ev = json.loads((run_dir / "eval" / "eval.json").read_text())
@@ -148,6 +179,126 @@ def run_arm(name: str, data: Path, runs: Path) -> dict[str, Any]:
     return out
 
 
+def tune_summary(study: dict[str, Any], budget: str) -> dict[str, Any]:
+    """The search as the arm reports it: each trial's values, state, val accuracy and time."""
+    return {
+        "budget": budget,
+        "val_limit": study["val_limit"],
+        "counts": study["counts"],
+        "chosen": study.get("best"),
+        "trials": [
+            {k: t.get(k) for k in ("number", "state", "params", "value", "seconds", "run_id", "user_attrs")}
+            for t in study["trials"]
+        ],
+    }
+
+
+def run_trl_arm(data: Path) -> dict[str, Any]:
+    """The TRL arm in its own process (its peak memory and threads its own), results as JSON on stdout."""
+    log = data / "trl.log"
+    t = time.perf_counter()
+    with log.open("w") as f:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--trl-child", str(data)], stdout=subprocess.PIPE, stderr=f, text=True
+        )
+    out: dict[str, Any] = {"arm": "trl", "rc": proc.returncode, "wall_s": round(time.perf_counter() - t, 1)}
+    if proc.returncode != 0:
+        out["log_tail"] = log.read_text()[-2000:]
+        return out
+    out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def trl_child(data: Path) -> dict[str, Any]:
+    """Plain TRL on the train rows, then greedy answers to the test rows, scored like tunesmith's eval."""
+    import torch
+    import trl
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from tunesmith.data.answers import AnswerSpace
+    from tunesmith.eval.compare import paired_bootstrap
+    from tunesmith.eval.constrain import Decoder
+    from tunesmith.eval.generate import generate
+    from tunesmith.eval.metrics import label_accuracy
+    from tunesmith.models import resolve_model
+
+    def rows(split: str) -> list[dict[str, str]]:
+        return list(csv.DictReader((data / f"{split}.csv").open(encoding="utf-8")))
+
+    train, test = rows("train"), rows("test")
+    path = resolve_model(BASE["model"])
+    tok = AutoTokenizer.from_pretrained(path)
+    # What a user's script gets from from_pretrained; float32 on a CPU (the converted weights' dtype).
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ds = Dataset.from_list(
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": r["query"]},
+                    {"role": "assistant", "content": r["intent"]},
+                ]
+            }
+            for r in train
+        ]
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        args = SFTConfig(
+            output_dir=tmp,
+            bf16=False,
+            gradient_checkpointing=False,
+            use_cpu=True,
+            save_strategy="no",
+            report_to="none",
+            seed=0,
+        )
+        peft = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft)
+        t0 = time.perf_counter()
+        trainer.train()
+        train_s = time.perf_counter() - t0
+        tuned = trainer.model
+    settings = {
+        k: str(getattr(args, k))
+        for k in ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "lr_scheduler_type")
+    }
+    stops = [tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id]
+    # The prompt as TRL rendered it in training: the chat template with the generation prompt.
+    texts = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": r["query"]}], add_generation_prompt=True, tokenize=False
+        )
+        for r in test
+    ]
+    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    refs = [r["intent"] for r in test]
+    labels = sorted({r["intent"] for r in train})
+    space = AnswerSpace("labels", tuple(labels))
+    decoder = Decoder(space, tok, stops)
+    scores: dict[str, Any] = {}
+    for name, dec in (("unconstrained", None), ("constrained", decoder)):
+        t0 = time.perf_counter()
+        outs = generate(tuned, tok, prompts, max_new_tokens=16, batch_size=64, stop_ids=stops, decoder=dec)
+        hits = [label_accuracy(o.text, ref) for o, ref in zip(outs, refs, strict=True)]
+        valid = {lab.lower() for lab in labels}
+        scores[name] = {
+            "accuracy": sum(hits) / len(hits),
+            "ci": paired_bootstrap(hits, hits)[1],  # the tuned CI as eval computes it
+            "invalid_share": sum(o.text.strip().lower().rstrip(".") not in valid for o in outs) / len(outs),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+    return {
+        "n_test": len(test),
+        "accuracy": {"tuned": scores["unconstrained"]["accuracy"], "tuned_ci": scores["unconstrained"]["ci"]},
+        "trl_scores": scores,
+        "train_s": round(train_s, 1),
+        "trl": trl.__version__,
+        "trl_defaults": settings,
+    }
+
+
 def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -157,6 +308,10 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     bars: list[tuple[str, float]] = []
     for r in results:
         if "accuracy" not in r:
+            continue
+        if (t := r.get("trl_scores")) is not None:
+            bars.append(("trl\nunconstrained", t["unconstrained"]["accuracy"]))
+            bars.append(("trl\nconstrained", t["constrained"]["accuracy"]))
             continue
         if (c := r.get("constrained")) and "unconstrained_scores" in c:
             bars.append((f"{r['arm']}\nunconstrained", c["unconstrained_scores"]["tuned"]["accuracy"]))
@@ -180,7 +335,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS / "quality_clinc.json")
     ap.add_argument("--work", type=Path, default=None, help="keep the subset and the runs here")
+    ap.add_argument("--tune-budget", default="45m", help="the tune arm's --budget")
+    ap.add_argument("--trl-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.trl_child is not None:
+        print(json.dumps(trl_child(args.trl_child)))
+        return
     with tempfile.TemporaryDirectory(prefix="quality-clinc-") as tmp:
         data = args.work or Path(tmp)
         data.mkdir(parents=True, exist_ok=True)
@@ -188,12 +348,18 @@ def main() -> None:
         results = []
         for arm in args.arms:
             print(f"arm {arm} ...", flush=True)
-            r = run_arm(arm, data, data / "runs")
+            r = run_arm(arm, data, data / "runs", args.tune_budget)
             results.append(r)
             acc = r.get("accuracy", {})
             print(f"arm {arm}: rc {r['rc']}, tuned accuracy {acc.get('tuned')}, {r['wall_s']} s", flush=True)
             # Written after every arm: a long run that is stopped keeps what it measured.
-            report = {"cpu": cpu_name(), "subset": counts, "seed": args.seed, "arms": results}
+            report = {
+                "cpu": cpu_name(),
+                "subset": counts,
+                "subset_sha256": subset_hash(data),
+                "seed": args.seed,
+                "arms": results,
+            }
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2) + "\n")
     plot(results, args.out.with_suffix(".png"))

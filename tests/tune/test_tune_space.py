@@ -49,6 +49,7 @@ def test_default_space_holds_what_applies(tmp_path: Path) -> None:
         "method.dropout",
         "train.objective",
         "train.head_lr",
+        "model",
     }
     lr = dims["train.lr"]
     assert (lr.low, lr.high, lr.log) == (pytest.approx(1e-4), pytest.approx(1e-2), True)
@@ -58,7 +59,10 @@ def test_default_space_holds_what_applies(tmp_path: Path) -> None:
     assert 8 in (dims["method.r"].choices or ())  # the config's own value is a choice
     # head_lr only where the trial is a classifier; the objective and the method come first.
     assert dims["train.head_lr"].when == ("train.objective", ("classify",))
-    assert [d.name for d in space.dims[:2]] == ["train.objective", "method.name"]
+    assert [d.name for d in space.dims[:3]] == ["model", "train.objective", "method.name"]
+    # A label task on a decoder also tries the built-in encoder; the rest is searched on the config's base.
+    assert dims["model"].choices == ("builtin:smollm2-135m-instruct", "builtin:all-minilm-l6-v2")
+    assert dims["train.lr"].when == ("model", ("builtin:smollm2-135m-instruct",))
     assert any("data mix" in n for n in space.notes)
 
 
@@ -197,3 +201,37 @@ def test_a_resumed_study_refuses_a_space_optuna_cannot_continue(tmp_path: Path) 
     assert space_clashes(old, build_space(wider, labels=False)) == []
     changed = _cfg(tmp_path, {"space": {"train.lr": [1e-3, 1e-2], "method.r": [4, 64]}})
     assert space_clashes(old, build_space(changed, labels=False)) == ["train.lr", "method.r"]
+
+
+def test_another_base_trains_its_own_recipe(tmp_path: Path) -> None:
+    """A trial on the built-in encoder: classify with full fine-tuning, and what the config set for its own
+    base's recipe (lr, batch, steps) left to the encoder's recipe; a value fixed by tune.space still holds."""
+    cfg = _cfg(tmp_path)
+    trial = apply_values(cfg, {"model": "builtin:all-minilm-l6-v2"}, "t.t1", eval_every=5)
+    assert trial.model == "builtin:all-minilm-l6-v2"
+    assert trial.train.objective == "classify" and trial.method.name == "full"
+    assert not {"lr", "batch_size", "max_steps", "eval_every"} & trial.train.model_fields_set
+    fixed = apply_values(cfg, {"model": "builtin:all-minilm-l6-v2", "train.max_steps": 4}, "t.t2")
+    assert fixed.train.max_steps == 4
+    # The config's own base changes nothing.
+    same = apply_values(cfg, {"model": cfg.model, "train.lr": 2e-3}, "t.t3")
+    assert same.method.name == "lora" and same.train.lr == 2e-3 and same.train.max_steps == 40
+
+
+def test_base_model_choices_are_checked(tmp_path: Path) -> None:
+    # A fixed objective rules the encoder out of the default space (it trains classify only).
+    assert (
+        build_space(_cfg(tmp_path, {"space": {"train.objective": "sft"}}), labels=True).get("model") is None
+    )
+    assert build_space(_cfg(tmp_path), labels=False).get("model") is None
+    with pytest.raises(SpaceError, match="must hold the config's own model"):
+        build_space(
+            _cfg(tmp_path, {"space": {"model": ["builtin:all-minilm-l6-v2", "./other"]}}), labels=True
+        )
+    with pytest.raises(SpaceError, match="is an encoder, which classifies, and these answers are not labels"):
+        build_space(
+            _cfg(
+                tmp_path, {"space": {"model": ["builtin:smollm2-135m-instruct", "builtin:all-minilm-l6-v2"]}}
+            ),
+            labels=False,
+        )

@@ -171,3 +171,46 @@ def test_configuration_problems_exit_2_before_any_trial(tune_config: Any, tmp_pa
     res = cli_here("tune", str(cfg), "--trials", "2")
     assert res.returncode == 2 and "already exists" in res.stderr and "--resume" in res.stderr
     assert not [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("toy.t")]
+
+
+def test_repeated_values_are_not_trained_again(tune_config: Any, tmp_path: Path) -> None:
+    """Three trials over two values: at least one draws values an earlier trial trained; it is told that
+    trial's value and trains nothing."""
+    fixed = {k: v for k, v in CLASSIFY.items() if k != "train.batch_size"} | {
+        "train.lr": 1e-3,
+        "train.head_lr": 1e-2,
+    }
+    space = fixed | {"train.batch_size": [2, 4]}
+    res = cli_here("tune", str(tune_config({"space": space}, train=TRAIN)), "--trials", "3")
+    assert res.returncode == 0, res.stderr[-3000:]
+    _no_traceback(res)
+    s = _study(tmp_path / "runs")
+    assert [t["state"] for t in s["trials"]] == ["complete"] * 3
+    repeats = [t for t in s["trials"] if t["same_as"] is not None]
+    assert repeats and all(t["run_id"] is None for t in repeats)
+    for t in repeats:
+        earlier = s["trials"][t["same_as"]]
+        assert earlier["params"] == t["params"] and earlier["value"] == t["value"]
+        assert f"trial {t['number']} repeats trial {earlier['number']}'s values" in res.stderr
+    trained = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("toy.t")]
+    assert len(trained) == 3 - len(repeats)
+
+
+def test_the_builtin_encoder_as_another_base(tune_config: Any, tmp_path: Path) -> None:
+    """A label task on a decoder: a trial on the built-in encoder (all-MiniLM-L6-v2, shipped in a wheel)
+    trains classify with full fine-tuning, here for the fixed 4 steps."""
+    space = {"model": ["TINY", "builtin:all-minilm-l6-v2"], "train.max_steps": 4, "train.batch_size": 4}
+    cfg = tune_config({"space": space, "first_trials": [{"model": "builtin:all-minilm-l6-v2"}]}, train=TRAIN)
+    text = cfg.read_text(encoding="utf-8")
+    model = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model:"))
+    cfg.write_text(text.replace("TINY", model), encoding="utf-8")
+    res = cli_here("tune", str(cfg), "--trials", "1")
+    assert res.returncode in (0, 1), res.stderr[-3000:]
+    _no_traceback(res)
+    s = _study(tmp_path / "runs")
+    assert s["trials"][0]["state"] == "complete" and s["trials"][0]["params"] == {
+        "model": "builtin:all-minilm-l6-v2"
+    }
+    config = read_manifest(Path(s["trials"][0]["run_dir"]))["config"]
+    assert config["model"] == "builtin:all-minilm-l6-v2" and config["method"]["name"] == "full"
+    assert config["train"]["objective"] == "classify" and config["train"]["max_steps"] == 4

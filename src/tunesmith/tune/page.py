@@ -46,6 +46,7 @@ def _trial_record(t: FrozenTrial) -> dict[str, Any]:
         "worker": a.get("worker"),
         "time": a.get("time"),
         "estimate_s": a.get("estimate_s"),
+        "same_as": a.get("same_as"),  # a repeat of that trial's values, told its value, not trained
         "note": a.get("error") or a.get("not_run") or a.get("note"),
         "started": start.isoformat(timespec="seconds") if start else None,
         "finished": end.isoformat(timespec="seconds") if end else None,

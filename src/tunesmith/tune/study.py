@@ -268,7 +268,8 @@ class Search:
         self.storage_label = (
             redact(self.options.storage) if self.options.storage else str(self.folder / "journal.log")
         )
-        pruning = "train.objective" not in self.space.names()
+        # sft and classify losses (and two bases' losses) are not on one scale.
+        pruning = not {"train.objective", "model"} & set(self.space.names())
         self.ctx = StudyContext(
             base=cfg,
             space=self.space,
@@ -284,7 +285,8 @@ class Search:
         self.pruning_note = (
             ""
             if pruning
-            else "pruning off: train.objective is searched, and sft and classify val losses are not on one scale"
+            else "pruning off: the objective or the base model is searched, and their val losses are not on one "
+            "scale"
         )
         self.study = self._open(pruning)
 
@@ -450,6 +452,8 @@ class Search:
             if len(before) >= self.limit:
                 return self._not_run(trial, f"trial limit: {self.limit} trials")
         values = self.space.sample(trial)
+        if (earlier := self._same_values(trial)) is not None:
+            return self._repeat(trial, earlier)
         started = self.clock()
         try:
             # On a terminal a spinner says which trial runs (its own output goes to its log file).
@@ -483,6 +487,34 @@ class Search:
         self.failures = self.failures + 1 if outcome.state == "failed" else 0
         if self.failures >= MAX_FAILURES_IN_A_ROW:
             return f"{self.failures} trials in a row failed, the last with {outcome.note}"
+        return ""
+
+    def _same_values(self, trial: optuna.Trial) -> FrozenTrial | None:
+        """An earlier complete trial with exactly these values. TPE draws a categorical value again once it
+        looks best, and another base model (`model`) has no dimension of its own to vary."""
+        from optuna.trial import TrialState
+
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.number != trial.number and t.params == trial.params and "same_as" not in t.user_attrs:
+                return t
+        return None
+
+    def _repeat(self, trial: optuna.Trial, earlier: FrozenTrial) -> str:
+        """Values already trained: the earlier trial's result is told again and nothing is trained (Optuna's
+        FAQ, "How can I ignore duplicated samples?"). It counts as a trial, so a search that keeps drawing
+        them still ends."""
+        trial.set_user_attr("same_as", earlier.number)
+        for key in ("val", "targets_met", "targets_pass"):
+            if key in earlier.user_attrs:
+                trial.set_user_attr(key, earlier.user_attrs[key])
+        assert earlier.value is not None
+        self.study.tell(trial, earlier.value)
+        self.console.print(
+            f"trial {trial.number} repeats trial {earlier.number}'s values (val {self.metric} "
+            f"{earlier.value:.4f}): not trained again",
+            highlight=False,
+        )
+        self.write_summary()
         return ""
 
     def _gate(self, trial: optuna.Trial) -> Callable[[RunConfig, Plan, PreparedData], None]:
