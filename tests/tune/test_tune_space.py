@@ -9,7 +9,7 @@ import pytest
 
 from tunesmith.config import ConfigError, RunConfig, parse_duration, validate_config
 from tunesmith.data.formats import Example
-from tunesmith.tune.budget import Budget, TrialTime, estimate_final_eval_s, estimate_trial_s
+from tunesmith.tune.budget import Budget, TrialTime, estimate_final_eval_s, estimate_trial_s, trial_times
 from tunesmith.tune.page import improvements
 from tunesmith.tune.space import SpaceError, apply_values, build_space, first_trial, label_rows
 from tunesmith.tune.study import space_clashes
@@ -235,3 +235,24 @@ def test_base_model_choices_are_checked(tmp_path: Path) -> None:
             ),
             labels=False,
         )
+
+
+def test_a_trial_is_timed_by_the_trials_on_its_base() -> None:
+    """SmolLM2 steps do not estimate an encoder's: the budget gate reads the trials on the trial's base only."""
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    dist = {"model": CategoricalDistribution(["dec", "enc"])}
+
+    def done(model: str | None, train_s: float) -> Any:
+        params = {} if model is None else {"model": model}
+        time = TrialTime(setup_s=1.0, steps=10, train_s=train_s, eval_s=2.0, n_val=4).as_dict()
+        return create_trial(
+            value=0.5, params=params, distributions=dist if params else {}, user_attrs={"time": time}
+        )
+
+    trials = [done("dec", 100.0), done(None, 80.0), done("enc", 10.0)]  # the second trained the config's base
+    assert [t.train_s for t in trial_times(trials, "dec", own="dec")] == [100.0, 80.0]
+    assert estimate_trial_s(trial_times(trials, "enc", own="dec"), steps=750) == 1.0 + 750 * 1.0 + 2.0
+    assert estimate_trial_s(trial_times(trials, "other", own="dec"), steps=100, plan_step_s=0.5) == 50.0
+    assert len(trial_times(trials)) == 3

@@ -5,8 +5,8 @@ evaluation is set aside. The estimate of a trial of S optimizer steps is
 
     setup + S x seconds per step + val scoring
 
-with each term the median over the study's trials that got that far (every worker's trials: they share the
-storage). Before any trial has trained, the memory plan's time per epoch stands in for the step time
+with each term the median over the study's trials on the same base model that got that far (every
+worker's trials: they share the storage). Before any trial has trained, the memory plan's time per epoch stands in for the step time
 (`tunesmith plan`; on a CPU a matmul timed on this machine), and setup and scoring are unknown (0).
 """
 
@@ -16,10 +16,21 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tunesmith.config import parse_duration
 
-__all__ = ["Budget", "TrialTime", "estimate_final_eval_s", "estimate_trial_s", "parse_duration"]
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+__all__ = [
+    "Budget",
+    "TrialTime",
+    "estimate_final_eval_s",
+    "estimate_trial_s",
+    "parse_duration",
+    "trial_times",
+]
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,17 @@ class TrialTime:
             None if d.get("eval_s") is None else float(d["eval_s"]),  # type: ignore[arg-type]
             int(d.get("n_val") or 0),
         )
+
+
+def trial_times(trials: Sequence[FrozenTrial], model: str | None = None, own: str = "") -> list[TrialTime]:
+    """What the trials that recorded a time took; with `model`, only those on that base model (a trial
+    without a `model` parameter trained `own`, the config's): a step of SmolLM2-135M and one of a
+    22M-parameter encoder differ tenfold, so one base's steps do not estimate the other's."""
+    return [
+        TrialTime.from_dict(t.user_attrs["time"])
+        for t in trials
+        if "time" in t.user_attrs and (model is None or t.params.get("model", own) == model)
+    ]
 
 
 def _median(xs: Sequence[float]) -> float | None:

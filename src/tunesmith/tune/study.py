@@ -35,7 +35,7 @@ from tunesmith.registry import files_hash, read_manifest, update_manifest
 from tunesmith.train.loop import total_steps
 from tunesmith.train.methods import MethodUnavailableError, check_method_available
 from tunesmith.train.plan import Plan
-from tunesmith.tune.budget import Budget, TrialTime, estimate_final_eval_s, estimate_trial_s
+from tunesmith.tune.budget import Budget, TrialTime, estimate_final_eval_s, estimate_trial_s, trial_times
 from tunesmith.tune.space import (
     Space,
     SpaceError,
@@ -381,12 +381,11 @@ class Search:
             )
 
     # ---- the loop
-    def history(self) -> list[TrialTime]:
-        return [
-            TrialTime.from_dict(t.user_attrs["time"])
-            for t in self.study.get_trials(deepcopy=False)
-            if "time" in t.user_attrs
-        ]
+    def history(self, model: str | None = None) -> list[TrialTime]:
+        """What the study's trials took; with `model`, only the trials on that base (a step of SmolLM2 and
+        one of a 22M-parameter encoder differ tenfold)."""
+        own = str(self.space.fixed.get("model", self.cfg.model))
+        return trial_times(self.study.get_trials(deepcopy=False), model, own)
 
     def _n_test(self) -> int:
         n = len(self.data.test.examples)
@@ -525,7 +524,7 @@ class Search:
                 if plan.seconds_per_epoch and plan.steps_per_epoch
                 else None
             )
-            estimate = estimate_trial_s(self.history(), steps, step_s)
+            estimate = estimate_trial_s(self.history(cfg.model), steps, step_s)
             reserve = self._reserve()
             trial.set_user_attr("estimate_s", estimate)
             if not self.budget.fits(estimate, reserve):
