@@ -111,3 +111,35 @@ def trained_runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
         outcome = run_all(cfg, Console(quiet=True))
         ids.append(outcome.run_dir.name)
     return root / "runs", ids
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    from tunesmith.models import resolve_model
+
+    return Path(resolve_model("builtin:all-minilm-l6-v2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    """A tiny randomly initialised BERT (2 layers, hidden 32) with the real all-MiniLM-L6-v2 tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir))
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).save_pretrained(out)  # a base model without any head, as encoders are published
+    tok.save_pretrained(out)
+    return out

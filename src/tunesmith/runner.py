@@ -428,11 +428,9 @@ def _evaluate(
     )
 
 
-def eval_run(run_dir: Path, console: Console) -> RunOutcome:
-    """Re-run the eval stage of an existing run from its saved adapter (or model) and test split."""
-    cfg = load_run_config(run_dir)
-    check_method_available(cfg.method, cfg.train.kernels, cfg.train.attention)
-    manifest = read_manifest(run_dir)
+def load_trained(run_dir: Path, cfg: RunConfig, manifest: dict[str, Any]) -> tuple[Any, Any]:
+    """A trained run's model (its base with the adapter, or its own weights; a classifier with its head) and
+    the tokenizer training used, on the CPU."""
     saved = run_dir / output_dir_name(cfg.method)
     model: Any
     if cfg.method.name in PEFT_METHODS:
@@ -448,6 +446,15 @@ def eval_run(run_dir: Path, console: Console) -> RunOutcome:
         model = (
             load_model(str(saved)) if cfg.train.objective != "classify" else _load_classifier_dir(str(saved))
         )
+    return model, tok
+
+
+def eval_run(run_dir: Path, console: Console) -> RunOutcome:
+    """Re-run the eval stage of an existing run from its saved adapter (or model) and test split."""
+    cfg = load_run_config(run_dir)
+    check_method_available(cfg.method, cfg.train.kernels, cfg.train.attention)
+    manifest = read_manifest(run_dir)
+    model, tok = load_trained(run_dir, cfg, manifest)
     model = _on_accelerator(model)
     data = load_prepared(run_dir, cfg, tok)
     ev = _evaluate(cfg, run_dir, model, tok, data, console, manifest["model_path"])

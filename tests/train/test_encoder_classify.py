@@ -24,35 +24,6 @@ from tunesmith.train.plan import DataStats, Device, make_plan
 LABELS = ["access", "billing", "mobile", "payroll"]
 
 
-@pytest.fixture(scope="module")
-def minilm_dir() -> Path:
-    return Path(resolve_model("builtin:all-minilm-l6-v2"))
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir))
-    config = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=128,
-        pad_token_id=tok.pad_token_id,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(config).save_pretrained(out)  # a base model without any head, as encoders are published
-    tok.save_pretrained(out)
-    return out
-
-
 def _config(root: Path, model: Path | str, method: str = "full", **train: Any) -> dict[str, Any]:
     if not (root / "data.jsonl").is_file():
         write_jsonl(root / "data.jsonl", make_label_rows(120))

@@ -190,10 +190,13 @@ class Job:
             if not locked:
                 raise GenerationTimeout()
             for i in range(self.n):
-                stream = TextStream(self.served.tokenizer, self.stops)
                 sampling = self.sampling
                 if sampling.seed is not None and i:
                     sampling = dataclasses.replace(sampling, seed=sampling.seed + i)
+                if self.served.classifier:
+                    self._label(i, sampling)
+                    continue
+                stream = TextStream(self.served.tokenizer, self.stops)
                 for tok_id in self.engine.decode(
                     self.served, self.prompt, sampling, self.deadline, self.cancel
                 ):
@@ -219,6 +222,18 @@ class Job:
                 self.on_done(self)
             finally:
                 self._put("end")
+
+    def _label(self, i: int, sampling: Sampling) -> None:
+        """A classifier's answer: one label, whole (stop sequences do not apply to a label)."""
+        if self.cancel.is_set():
+            raise Cancelled()
+        if time.monotonic() > self.deadline:
+            raise GenerationTimeout()
+        label = self.engine.classify(self.served, self.prompt, sampling)
+        self.completion_tokens += len(self.served.tokenizer(label, add_special_tokens=False)["input_ids"])
+        self.texts[i], self.finish[i] = label, "stop"
+        self._put("delta", i, label)
+        self._put("finish", i, "stop")
 
     async def events(self) -> AsyncIterator[tuple[Any, ...]]:
         while True:
@@ -537,7 +552,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
-        from tunesmith.data.tokenize import TemplateError, encode_prompt
+        from tunesmith.data.tokenize import TemplateError, encode_plain, encode_prompt
 
         req = await read_json(request, ChatRequest)
         served, stops, _ = prepare(req)
@@ -550,18 +565,29 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
             # Training put the run's system prompt before every example; serving does the same.
             messages.insert(0, {"role": "system", "content": served.system_prompt})
         try:
-            prompt = encode_prompt(served.tokenizer, messages)  # type: ignore[arg-type]
+            # As training encoded the prompt: an encoder reads the turns as plain text.
+            encode = encode_plain if served.plain_text else encode_prompt
+            prompt = encode(served.tokenizer, messages)  # type: ignore[arg-type]
         except (TemplateError, ValueError) as e:
             raise APIError(
                 400, f"messages cannot be rendered with the chat template: {e}", param="messages"
             ) from e
-        max_tokens = budget(len(prompt), req.max_completion_tokens or req.max_tokens)
+        # A classifier answers one label whatever max_tokens says; its prompt must still fit.
+        requested = None if served.classifier else req.max_completion_tokens or req.max_tokens
+        max_tokens = budget(len(prompt), requested)
         return await run("chat", req, served, prompt, max_tokens, stops, {"messages": messages})
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         req = await read_json(request, CompletionRequest)
         served, stops, _ = prepare(req)
+        if served.classifier:
+            raise APIError(
+                400,
+                f"`{req.model}` is a classifier (train.objective classify): it answers chat completions with one "
+                f"of its {len(served.labels)} labels; raw-text completions are not served",
+                param="model",
+            )
         prompt = list(served.tokenizer(req.prompt)["input_ids"])
         max_tokens = budget(len(prompt), req.max_tokens)
         return await run("text", req, served, prompt, max_tokens, stops, {"prompt": req.prompt})

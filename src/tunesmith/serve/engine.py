@@ -6,6 +6,10 @@ quick 429s instead of an unbounded queue. The decoder is a plain KV-cache loop, 
 strings, cancellation and the per-request deadline are all checked between two tokens. Chat answers of a
 run whose training answers are a closed set (labels, JSON of one schema) are decoded inside it, as eval
 decodes them (tunesmith.eval.constrain); raw-text completions are not.
+
+A classifier (`train.objective: classify`, on a decoder or a BERT-family encoder) is served alone, with its
+head: a chat completion's answer is one of its labels, the argmax of one forward pass (sampled from the
+label probabilities when a temperature is given), so a run that `tune` chose as a classifier deploys too.
 """
 
 from __future__ import annotations
@@ -51,6 +55,12 @@ class Served:
     aliases: list[str] = field(default_factory=list)
     # The run's answer space (labels, a JSON schema) when eval.constrain is auto: chat answers stay in it.
     decoder: Decoder | None = None
+    labels: tuple[str, ...] = ()  # a classifier's labels, by class id; empty for a generator
+    plain_text: bool = False  # an encoder reads the prompt as plain text, without a chat template
+
+    @property
+    def classifier(self) -> bool:
+        return bool(self.labels)
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,12 @@ class Engine:
                 raise ServeError(f"run {d.name} has no trained weights ({saved}); train it first")
             runs.append((d, cfg, manifest, saved))
         bases = {m["model_path"] for _, _, m, _ in runs}
+        classifiers = [d.name for d, c, _, _ in runs if c.train.objective == "classify"]
+        if classifiers and len(runs) > 1:
+            raise ServeError(
+                f"a classifier ({classifiers[0]}, train.objective classify) has its own head and labels: "
+                "serve it alone"
+            )
         full = [d.name for d, c, _, _ in runs if c.method.name == "full"]
         if full and len(runs) > 1:
             raise ServeError(f"a full fine-tune ({full[0]}) has its own weights: serve it alone")
@@ -103,13 +119,21 @@ class Engine:
             )
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model: Any
         self.lock = threading.Lock()
         self.served: dict[str, Served] = {}
-        if full:
+        if classifiers:
+            from tunesmith.runner import load_trained
+
+            d, cfg, manifest, _ = runs[0]
+            self.model, _ = load_trained(d, cfg, manifest)
+            self.model = self.model.to(self.device)
+            names: list[str | None] = [None]  # an adapter of a classifier is its only one: always active
+        elif full:
             d, cfg, manifest, saved = runs[0]
             full_model: Any = load_model(str(saved))
-            self.model: Any = full_model.to(self.device)
-            names: list[str | None] = [None]
+            self.model = full_model.to(self.device)
+            names = [None]
         else:
             from tunesmith.train.methods import load_adapter
 
@@ -123,11 +147,24 @@ class Engine:
         self.model.eval()
         self.base_path = next(iter(bases))
         self.context = int(getattr(self.model.config, "max_position_embeddings", 2048))
-        from tunesmith.data.tokenize import stop_token_ids
+        from tunesmith.data.tokenize import reads_plain_text, stop_token_ids
         from tunesmith.eval.constrain import run_decoder
 
         for adapter, (d, cfg, manifest, saved) in zip(names, runs, strict=True):
             tok = load_tokenizer(str(saved))  # the tokenizer and chat template training used
+            if cfg.train.objective == "classify":
+                self.served[manifest["id"]] = Served(
+                    run_id=manifest["id"],
+                    run_dir=d,
+                    adapter=adapter,
+                    tokenizer=tok,
+                    stop_ids=[],
+                    system_prompt=cfg.data.system_prompt,
+                    clean=cfg.data.clean,
+                    labels=tuple(_class_labels(d)),
+                    plain_text=reads_plain_text(tok),
+                )
+                continue
             self.served[manifest["id"]] = Served(
                 run_id=manifest["id"],
                 run_dir=d,
@@ -168,10 +205,7 @@ class Engine:
 
         if served.adapter is not None:
             self.model.set_adapter(served.adapter)
-        gen = None
-        if sampling.temperature > 0:
-            gen = torch.Generator(device="cpu")
-            gen.manual_seed(sampling.seed if sampling.seed is not None else int(time.time_ns() % (1 << 62)))
+        gen = _generator(sampling)
         stops = set(served.stop_ids)
         constraint = served.decoder.processor(0) if served.decoder and sampling.constrain else None
         generated: list[int] = []
@@ -198,6 +232,40 @@ class Engine:
                     cache=out.cache,
                     use_cache=True,
                 )
+
+    def classify(self, served: Served, prompt_ids: list[int], sampling: Sampling) -> str:
+        """A classifier's label for the prompt: the most likely one, or one drawn from the label
+        probabilities (temperature, top_p, seed as for tokens). Call with self.lock held."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([prompt_ids], device=self.device))
+        logits = out.logits[0].float().cpu()
+        return served.labels[_pick(logits, sampling, _generator(sampling))]
+
+
+def _class_labels(run_dir: Path) -> list[str]:
+    """The labels a classifier run trained, by class id (its pre-flight's `class_labels`)."""
+    import json
+
+    pre = json.loads((run_dir / "data" / "preflight.json").read_text(encoding="utf-8"))
+    labels = pre.get("class_labels") or []
+    if not labels:
+        raise ServeError(
+            f"run {run_dir.name} is a classifier without labels in its pre-flight: train it again"
+        )
+    return [str(lab) for lab in labels]
+
+
+def _generator(sampling: Sampling) -> Any:
+    """The random generator of a sampled request (None for greedy): seeded by the request, or by the clock."""
+    if sampling.temperature <= 0:
+        return None
+    import torch
+
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(sampling.seed if sampling.seed is not None else int(time.time_ns() % (1 << 62)))
+    return gen
 
 
 def _pick(logits: Any, s: Sampling, gen: Any) -> int:
