@@ -174,26 +174,22 @@ def test_configuration_problems_exit_2_before_any_trial(tune_config: Any, tmp_pa
 
 
 def test_repeated_values_are_not_trained_again(tune_config: Any, tmp_path: Path) -> None:
-    """Three trials over two values: at least one draws values an earlier trial trained; it is told that
-    trial's value and trains nothing."""
+    """A trial that draws the values an earlier trial trained is told that trial's value and trains nothing."""
     fixed = {k: v for k, v in CLASSIFY.items() if k != "train.batch_size"} | {
         "train.lr": 1e-3,
         "train.head_lr": 1e-2,
     }
-    space = fixed | {"train.batch_size": [2, 4]}
-    res = cli_here("tune", str(tune_config({"space": space}, train=TRAIN)), "--trials", "3")
+    tune = {"space": fixed | {"train.batch_size": [2, 4]}, "first_trials": [{"train.batch_size": 4}] * 2}
+    res = cli_here("tune", str(tune_config(tune, train=TRAIN)), "--trials", "2")
     assert res.returncode == 0, res.stderr[-3000:]
     _no_traceback(res)
     s = _study(tmp_path / "runs")
-    assert [t["state"] for t in s["trials"]] == ["complete"] * 3
-    repeats = [t for t in s["trials"] if t["same_as"] is not None]
-    assert repeats and all(t["run_id"] is None for t in repeats)
-    for t in repeats:
-        earlier = s["trials"][t["same_as"]]
-        assert earlier["params"] == t["params"] and earlier["value"] == t["value"]
-        assert f"trial {t['number']} repeats trial {earlier['number']}'s values" in res.stderr
-    trained = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("toy.t")]
-    assert len(trained) == 3 - len(repeats)
+    first, again = s["trials"]
+    assert first["state"] == again["state"] == "complete" and first["same_as"] is None
+    assert again["same_as"] == 0 and again["run_id"] is None
+    assert again["params"] == first["params"] and again["value"] == first["value"]
+    assert "trial 1 repeats trial 0's values" in res.stderr and "not trained again" in res.stderr
+    assert len([p for p in (tmp_path / "runs").iterdir() if p.name.startswith("toy.t")]) == 1
 
 
 def test_the_builtin_encoder_as_another_base(tune_config: Any, tmp_path: Path) -> None:
