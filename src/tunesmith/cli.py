@@ -700,7 +700,10 @@ def serve_cmd(
     api_key: Annotated[
         list[str] | None,
         typer.Option(
-            "--api-key", envvar="TUNESMITH_API_KEY", help="Accepted API key(s).", show_default=False
+            "--api-key",
+            help="Accepted API key (repeat for several). Default: TUNESMITH_API_KEY, one string, several "
+            "keys separated by commas.",
+            show_default=False,
         ),
     ] = None,
     max_concurrency: Annotated[int, typer.Option(help="Requests admitted at once; more get 429.")] = 4,
@@ -727,10 +730,10 @@ def serve_cmd(
     from tunesmith.registry import RegistryError
     from tunesmith.serve.app import Settings
     from tunesmith.serve.engine import ServeError
-    from tunesmith.serve.server import serve
+    from tunesmith.serve.server import api_keys, serve
 
     settings = Settings(
-        api_keys=[k for k in (api_key or []) if k],
+        api_keys=api_keys(api_key, os.environ.get("TUNESMITH_API_KEY")),
         max_body_bytes=max_body_bytes,
         max_concurrency=max_concurrency,
         timeout_s=timeout,

@@ -62,7 +62,7 @@ def client(classifier_run: Path) -> Iterator[Any]:
 
     engine = Engine([classifier_run], {"router": classifier_run.name})
     serve_dir = classifier_run.parent.parent / f"serve-{classifier_run.name}"
-    with TestClient(create_app(engine, Settings(serve_dir=serve_dir))) as c:
+    with TestClient(create_app(engine, Settings(serve_dir=serve_dir)), base_url="http://127.0.0.1") as c:
         yield c
 
 

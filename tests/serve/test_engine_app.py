@@ -16,6 +16,8 @@ from tunesmith.serve.engine import Engine, TextStream
 from tunesmith.serve.feedback import FeedbackStore, export_feedback
 from tunesmith.serve.metrics import Metrics
 
+LOCAL = "http://127.0.0.1"  # without an API key the server answers loopback Host names only
+
 
 def test_text_stream_holds_back_a_possible_stop_and_cuts_at_it(tokenizer: Any) -> None:
     ids = tokenizer("alpha beta ENDgamma", add_special_tokens=False)["input_ids"]
@@ -44,7 +46,7 @@ def engine(trained_runs: tuple[Path, list[str]]) -> Engine:
 def app_client(engine: Engine, tmp_path: Path) -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
-    with TestClient(create_app(engine, Settings(serve_dir=tmp_path / "serve"))) as c:
+    with TestClient(create_app(engine, Settings(serve_dir=tmp_path / "serve")), base_url=LOCAL) as c:
         yield c
 
 
@@ -63,7 +65,7 @@ def test_deadline_gives_504_and_a_stream_error_event(engine: Engine, tmp_path: P
 
     app = create_app(engine, Settings(serve_dir=tmp_path, timeout_s=0.0))
     body = {"model": "production", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 50}
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         r = c.post("/v1/chat/completions", json=body)
         assert r.status_code == 504 and "request timeout" in r.json()["error"]["message"]
         events = c.post("/v1/chat/completions", json={**body, "stream": True}).text.split("\n\n")

@@ -6,6 +6,13 @@ Safe by default: the CLI binds 127.0.0.1; with API keys set every route but /hea
 the context gets 400; n and stop sequences are capped; when `max_concurrency` requests are already admitted
 the next gets 429 at once; each request has a deadline (504, or an error event in a stream); and a
 request names a model the server loaded, never a path.
+
+Hostile or careless clients: a chat body's turns and characters are capped before anything is encoded, and
+the prompt is encoded after admission on a worker thread, so no request holds the event loop (/health
+answers throughout); a client that goes away stops its generation, streaming or not; without an API key
+only loopback `Host` names and `application/json` bodies are accepted (a web page cannot post to the
+server cross-site or read it through DNS rebinding); sampling values outside what the decoder can compute
+get 400; a 500 says nothing of the internals (the server log has the traceback).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import asyncio
 import dataclasses
 import hmac
 import json
+import logging
 import threading
 import time
 import uuid
@@ -30,6 +38,8 @@ from tunesmith.serve.engine import Cancelled, Engine, GenerationTimeout, Samplin
 from tunesmith.serve.feedback import FeedbackStore, redactor
 from tunesmith.serve.metrics import Metrics
 
+log = logging.getLogger("tunesmith.serve")
+
 # Parameters of the OpenAI API that change the answer and that this server does not implement: refusing
 # them is better than silently answering something else.
 UNSUPPORTED = (
@@ -44,6 +54,18 @@ UNSUPPORTED = (
     "suffix",
     "best_of",
 )
+# Implemented only at OpenAI's default value (anything else would be ignored, so it is refused).
+NEUTRAL = {
+    "presence_penalty": (0, 0.0),
+    "frequency_penalty": (0, 0.0),
+    "response_format": ({"type": "text"},),
+}
+# Below this a temperature is greedy decoding (logits / T overflow float32 long before T reaches 0).
+MIN_TEMPERATURE = 1e-4
+SEED_MAX = 2**63 - 1
+# Host header names accepted without an API key: the loopback names (DNS rebinding sends another name).
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+INTERNAL_ERROR = "the server failed to generate an answer (the server log has the details)"
 
 
 @dataclass
@@ -57,6 +79,8 @@ class Settings:
     max_stop_chars: int = 64
     default_max_tokens: int = 256
     max_context: int | None = None  # below the model's own context, to bound memory and time per request
+    max_messages: int = 256  # chat turns per request, checked before any encoding
+    max_prompt_chars: int = 200_000  # characters of all turns together, checked before any encoding
     serve_dir: Path = Path("serve")
 
 
@@ -79,7 +103,7 @@ class _Request(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
     user: str | None = None
 
 
@@ -213,7 +237,8 @@ class Job:
                 self._put("finish", i, self.finish[i])
         except (GenerationTimeout, Cancelled) as e:
             self.error = e
-        except Exception as e:  # reported to the client as a 500 with the reason, and re-raised in the log
+        except Exception as e:  # a 500 for the client (INTERNAL_ERROR); the details go to the server log
+            log.exception("generation failed for %s", self.served.run_id)
             self.error = e
         finally:
             if locked:
@@ -276,6 +301,9 @@ class Guard:
             await send(message)
 
         try:
+            if not self.keys and (refusal := _unkeyed_refusal(scope)) is not None:
+                await refusal(scope, receive, send_status)
+                return
             if route != "/health" and self.keys and not self._authorized(scope):
                 response = _error(
                     401,
@@ -287,6 +315,26 @@ class Guard:
             await self.app(scope, receive, send_status)
         finally:
             self.metrics.request(route, status[0], time.perf_counter() - start)
+
+
+def _unkeyed_refusal(scope: dict[str, Any]) -> Any:
+    """Without an API key the server trusts whoever reaches it, so only what a local program sends is
+    accepted: a loopback `Host` (a DNS-rebinding page sends its own name) and JSON bodies (a cross-site form
+    or `no-cors` fetch can only send text/plain, urlencoded or multipart without a preflight)."""
+    headers = dict(scope.get("headers") or [])
+    host = headers.get(b"host", b"").decode("latin-1").lower()
+    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]", 1)[0] + "]"
+    if name not in LOOPBACK_HOSTS:
+        return _error(
+            421,
+            f"Host {host!r} is not served: without an API key this server answers loopback names only "
+            "(localhost, 127.0.0.1, [::1]); set an API key to serve other names",
+        )
+    if scope.get("method") == "POST":
+        kind = headers.get(b"content-type", b"").decode("latin-1").split(";", 1)[0].strip().lower()
+        if kind != "application/json":
+            return _error(415, f"Content-Type {kind or '(none)'!r}: send application/json")
+    return None
 
 
 def create_app(engine: Engine, settings: Settings) -> FastAPI:
@@ -325,6 +373,8 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
+        if settings.api_keys:  # /health needs no key, so it names nothing then
+            return {"status": "ok"}
         return {"status": "ok", "models": sorted(engine.names), "in_flight": metrics.in_flight}
 
     @app.get("/metrics")
@@ -348,6 +398,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     def prepare(req: _Request) -> tuple[Served, list[str], int]:
         extra = req.model_extra or {}
         bad = [k for k in UNSUPPORTED if extra.get(k) not in (None, False, [], {})]
+        bad += [k for k, ok in NEUTRAL.items() if extra.get(k) is not None and extra[k] not in ok]
         if bad:
             raise APIError(
                 400,
@@ -363,6 +414,13 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
             )
         if req.n > settings.max_n:
             raise APIError(400, f"n={req.n} is over this server's limit of {settings.max_n}", param="n")
+        if req.n > 1 and not (req.temperature or 0.0) >= MIN_TEMPERATURE:
+            raise APIError(
+                400,
+                f"n={req.n} without a temperature would return {req.n} identical answers: this server decodes "
+                "greedily unless `temperature` is set (OpenAI's default is 1)",
+                param="n",
+            )
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stops) > settings.max_stop or any(len(s) > settings.max_stop_chars for s in stops):
             raise APIError(
@@ -391,29 +449,43 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
 
     async def run(
         endpoint: Literal["chat", "text"],
+        request: Request,
         req: _Request,
         served: Served,
-        prompt: list[int],
-        max_tokens: int,
+        encode: Callable[[], list[int]],
+        requested: int | None,
         stops: list[str],
         log_request: dict[str, Any],
     ) -> Any:
+        """Admit the request, encode its prompt on a worker thread (never on the event loop: a long chat
+        must not stall /health or anyone else), check it against the context, then generate."""
         if not admission.try_enter():
             raise APIError(
                 429,
                 f"the server is at its limit of {settings.max_concurrency} concurrent requests; retry shortly",
                 "rate_limit_error",
             )
+        try:
+            prompt = await asyncio.to_thread(encode)
+            max_tokens = budget(len(prompt), requested)
+        except BaseException:
+            admission.leave()
+            raise
         rid = ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
-        sampling = Sampling(
-            max_tokens, req.temperature or 0.0, req.top_p or 1.0, req.seed, constrain=endpoint == "chat"
-        )
+        temperature = req.temperature if req.temperature and req.temperature >= MIN_TEMPERATURE else 0.0
+        sampling = Sampling(max_tokens, temperature, req.top_p or 1.0, req.seed, constrain=endpoint == "chat")
 
         def done(job: Job) -> None:
             admission.leave()
             metrics.count_tokens(req.model, len(prompt) * req.n, job.completion_tokens)
             if job.error is None:
+                record(job)
+
+        def record(job: Job) -> None:
+            """The answer in the feedback store; a failed write is logged and counted (the answer itself
+            was generated: the client still gets it, and feedback on its id will say it is unknown)."""
+            try:
                 redact = redactor(served.clean)
                 store.record_response(
                     rid,
@@ -428,6 +500,9 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
                     },
                     [redact(t) for t in job.texts],
                 )
+            except Exception:
+                metrics.feedback_write_failed()
+                log.exception("could not record response %s in %s", rid, store.path)
 
         job = Job(engine, served, prompt, sampling, req.n, stops, time.monotonic() + settings.timeout_s, done)
         obj = "chat.completion" if endpoint == "chat" else "text_completion"
@@ -441,12 +516,18 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
             }
 
         if not req.stream:
+            # uvicorn does not cancel a handler whose client went away (Kludex/uvicorn#501): watch for it.
+            watcher = asyncio.create_task(_cancel_on_disconnect(request, job.cancel))
             try:
                 async for _ in job.events():
                     pass
             except asyncio.CancelledError:
                 job.cancel.set()
                 raise
+            finally:
+                watcher.cancel()
+            if isinstance(job.error, Cancelled):
+                raise APIError(499, "the client closed the request", "cancelled")
             if isinstance(job.error, GenerationTimeout):
                 raise APIError(
                     504,
@@ -454,7 +535,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
                     "timeout_error",
                 )
             if job.error is not None:
-                raise APIError(500, f"generation failed: {job.error}", "server_error") from job.error
+                raise APIError(500, INTERNAL_ERROR, "server_error") from job.error
             if endpoint == "chat":
                 choices = [
                     {
@@ -530,7 +611,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
                     message = (
                         f"generation did not finish within the request timeout of {settings.timeout_s:g}s"
                         if timeout
-                        else f"generation failed: {job.error}"
+                        else INTERNAL_ERROR
                     )
                     yield sse(
                         {
@@ -552,30 +633,42 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
-        from tunesmith.data.tokenize import TemplateError, encode_plain, encode_prompt
-
         req = await read_json(request, ChatRequest)
         served, stops, _ = prepare(req)
+        # Bounded before anything is encoded: rendering a chat costs time in the number of turns.
+        if len(req.messages) > settings.max_messages:
+            raise APIError(
+                400,
+                f"{len(req.messages)} messages: this server takes at most {settings.max_messages} per request",
+                param="messages",
+            )
         messages = [
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
         ]
+        chars = sum(len(m["content"]) for m in messages)
+        if chars > settings.max_prompt_chars:
+            raise APIError(
+                400,
+                f"the messages hold {chars:,} characters: this server takes at most {settings.max_prompt_chars:,}",
+                param="messages",
+            )
         if messages[-1]["role"] != "user":
             raise APIError(400, "the last message must be a user message", param="messages")
         if messages[0]["role"] != "system" and served.system_prompt:
             # Training put the run's system prompt before every example; serving does the same.
             messages.insert(0, {"role": "system", "content": served.system_prompt})
-        try:
-            # As training encoded the prompt: an encoder reads the turns as plain text.
-            encode = encode_plain if served.plain_text else encode_prompt
-            prompt = encode(served.tokenizer, messages)  # type: ignore[arg-type]
-        except (TemplateError, ValueError) as e:
-            raise APIError(
-                400, f"messages cannot be rendered with the chat template: {e}", param="messages"
-            ) from e
         # A classifier answers one label whatever max_tokens says; its prompt must still fit.
         requested = None if served.classifier else req.max_completion_tokens or req.max_tokens
-        max_tokens = budget(len(prompt), requested)
-        return await run("chat", req, served, prompt, max_tokens, stops, {"messages": messages})
+        return await run(
+            "chat",
+            request,
+            req,
+            served,
+            lambda: _encode_chat(served, messages),
+            requested,
+            stops,
+            {"messages": messages},
+        )
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
@@ -588,9 +681,18 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
                 f"of its {len(served.labels)} labels; raw-text completions are not served",
                 param="model",
             )
-        prompt = list(served.tokenizer(req.prompt)["input_ids"])
-        max_tokens = budget(len(prompt), req.max_tokens)
-        return await run("text", req, served, prompt, max_tokens, stops, {"prompt": req.prompt})
+        if len(req.prompt) > settings.max_prompt_chars:
+            raise APIError(
+                400,
+                f"the prompt holds {len(req.prompt):,} characters: this server takes at most "
+                f"{settings.max_prompt_chars:,}",
+                param="prompt",
+            )
+
+        def encode() -> list[int]:
+            return list(served.tokenizer(req.prompt)["input_ids"])
+
+        return await run("text", request, req, served, encode, req.max_tokens, stops, {"prompt": req.prompt})
 
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> Any:
@@ -613,6 +715,31 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         return {"id": f"fb-{seq}", "object": "feedback", "response_id": req.id, "status": "stored"}
 
     return app
+
+
+def _encode_chat(served: Served, messages: list[dict[str, str]]) -> list[int]:
+    """The prompt as training encoded it: the chat template, or plain text for an encoder. A template that
+    refuses the messages (`raise_exception`, or roles it does not take) is the client's 400."""
+    from jinja2.exceptions import TemplateError as JinjaError
+
+    from tunesmith.data.tokenize import TemplateError, encode_plain, encode_prompt
+
+    encode = encode_plain if served.plain_text else encode_prompt
+    try:
+        return encode(served.tokenizer, messages)  # type: ignore[arg-type]
+    except (TemplateError, JinjaError, ValueError) as e:
+        raise APIError(
+            400, f"messages cannot be rendered with the chat template: {e}", param="messages"
+        ) from e
+
+
+async def _cancel_on_disconnect(request: Request, cancel: threading.Event, every_s: float = 0.2) -> None:
+    """Set `cancel` when the client disconnects (polled: the request body has been read already)."""
+    while not cancel.is_set():
+        if await request.is_disconnected():
+            cancel.set()
+            return
+        await asyncio.sleep(every_s)
 
 
 def _default_clean() -> Any:

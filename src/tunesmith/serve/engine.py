@@ -264,7 +264,9 @@ def _generator(sampling: Sampling) -> Any:
     import torch
 
     gen = torch.Generator(device="cpu")
-    gen.manual_seed(sampling.seed if sampling.seed is not None else int(time.time_ns() % (1 << 62)))
+    # A request's seed is at most 2^63 - 1; the n-th choice adds n, so wrap into the generator's range.
+    seed = sampling.seed % (1 << 63) if sampling.seed is not None else int(time.time_ns() % (1 << 62))
+    gen.manual_seed(seed)
     return gen
 
 

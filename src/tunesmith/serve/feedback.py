@@ -60,6 +60,9 @@ class FeedbackStore:
         self.path = self.dir / DB_NAME
         db = sqlite3.connect(self.path, timeout=30)
         try:
+            # WAL: readers (feedback export, /v1/feedback look-ups) never block the writer that records
+            # answers, and a crash mid-write leaves the database whole. The mode is stored in the file.
+            db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)  # executescript commits by itself
         finally:
             db.close()

@@ -25,6 +25,7 @@ class Metrics:
         self.latency_sum: dict[str, float] = {}
         self.latency_buckets: dict[str, list[int]] = {}
         self.in_flight = 0
+        self.feedback_write_failures = 0
 
     def request(self, route: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -40,6 +41,10 @@ class Metrics:
         with self._lock:
             self.tokens[(("model", model), ("kind", "prompt"))] += prompt
             self.tokens[(("model", model), ("kind", "completion"))] += completion
+
+    def feedback_write_failed(self) -> None:
+        with self._lock:
+            self.feedback_write_failures += 1
 
     def render(self) -> str:
         with self._lock:
@@ -72,5 +77,8 @@ class Metrics:
                 "# HELP tunesmith_requests_in_flight Generation requests admitted and not finished.",
                 "# TYPE tunesmith_requests_in_flight gauge",
                 f"tunesmith_requests_in_flight {self.in_flight}",
+                "# HELP tunesmith_feedback_write_failures_total Answers the feedback store could not record.",
+                "# TYPE tunesmith_feedback_write_failures_total counter",
+                f"tunesmith_feedback_write_failures_total {self.feedback_write_failures}",
             ]
         return "\n".join(out) + "\n"

@@ -39,6 +39,15 @@ def resolve_served(
     return dirs, aliases
 
 
+def api_keys(given: list[str] | None, env: str | None) -> list[str]:
+    """The accepted API keys: the `--api-key` values, else `TUNESMITH_API_KEY` read as one string, several
+    keys separated by commas. Never split on whitespace: each word of a passphrase would become a key."""
+    keys = [k for k in (given or []) if k]
+    if not keys and env:
+        keys = [k.strip() for k in env.split(",") if k.strip()]
+    return keys
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
