@@ -338,9 +338,15 @@ def train_trial(
 
 
 def evaluate_trained(
-    cfg: RunConfig, trained: Trained, console: Console, split: str = "test", out_dir: Path | None = None
+    cfg: RunConfig,
+    trained: Trained,
+    console: Console,
+    split: str = "test",
+    out_dir: Path | None = None,
+    base_pass: bool = True,
 ) -> dict[str, Any]:
-    """The eval stage's scores of a model trained in this process, on `split`, into `out_dir`."""
+    """The eval stage's scores of a model trained in this process, on `split`, into `out_dir`;
+    `base_pass` False (a tune trial): the tuned model's answers only (evaluate)."""
     return _evaluate(
         cfg,
         trained.run_dir,
@@ -351,6 +357,7 @@ def evaluate_trained(
         trained.model_path,
         split,
         out_dir,
+        base_pass,
     )
 
 
@@ -413,9 +420,12 @@ def _evaluate(
     model_path: str,
     split: str = "test",
     out_dir: Path | None = None,
+    base_pass: bool = True,
 ) -> dict[str, Any]:
     """Generation eval for sft/dpo; label probabilities (classify) or held-out loss (pretrain) otherwise.
-    `split` and `out_dir` (default run_dir/eval): `tune` scores a trial on val into its own folder."""
+    `split` and `out_dir` (default run_dir/eval): `tune` scores a trial on val into its own folder, with
+    `base_pass` False: generation then skips the base and the unconstrained passes (a forward pass over the
+    held-out items is cheap, so classify and pretrain keep theirs)."""
     load_base = _base_loader(cfg, model_path, model.device, data.preflight.get("class_labels"))
     if cfg.train.objective in ("classify", "pretrain"):
         return evaluate_heldout(
@@ -424,7 +434,17 @@ def _evaluate(
     answers = AnswerSpace.from_dict(data.preflight.get("answer_space"))
     examples = getattr(data, split).examples
     return evaluate(
-        cfg, run_dir, model, tok, examples, console, load_base=load_base, answers=answers, out_dir=out_dir
+        cfg,
+        run_dir,
+        model,
+        tok,
+        examples,
+        console,
+        load_base=load_base,
+        answers=answers,
+        out_dir=out_dir,
+        base_pass=base_pass,
+        unconstrained_pass=base_pass,
     )
 
 

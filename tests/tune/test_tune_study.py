@@ -73,6 +73,12 @@ def test_weak_trial_is_pruned_cleanly(tune_config: Any, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     s = _study(tmp_path / "runs")
     assert [t["state"] for t in s["trials"]] == ["complete", "pruned"]
+    # A trial is scored by its tuned answers alone: no base pass, no unconstrained pass (they decide nothing).
+    val_dir = Path(s["trials"][0]["run_dir"]) / "eval_val"
+    val = json.loads((val_dir / "eval.json").read_text(encoding="utf-8"))
+    assert val["base_scored"] is False and val["metrics"][0]["base"] is None
+    assert val["metrics"][0]["tuned"] == s["trials"][0]["value"]
+    assert "unconstrained" not in (val_dir / "predictions.jsonl").read_text(encoding="utf-8")
     pruned = s["trials"][1]
     assert list(pruned["intermediate"]) == ["2"] and "pruned at step 2" in pruned["note"]
     run_dir = Path(pruned["run_dir"])

@@ -86,9 +86,16 @@ def evaluate(
     load_base: Callable[[], Any] | None = None,
     out_dir: Path | None = None,
     answers: AnswerSpace = FREE,
+    base_pass: bool = True,
+    unconstrained_pass: bool = True,
 ) -> dict[str, Any]:
     """Base and tuned `model` generate on the same test prompts; results go to `out_dir` (default
     run_dir/eval; `tune` scores its trials on the val split into another folder).
+
+    `base_pass` and `unconstrained_pass` False: only what decides a `tune` trial is generated, the tuned
+    model's (constrained) answers. The base pass is the same for every trial and the unconstrained pass only
+    reports; together they were two thirds of a label trial's scoring. The result says `base_scored: false`
+    and its base fields are null.
 
     Peft methods: the base is the same weights with the adapter disabled (no second copy). A full
     fine-tune changed the weights themselves, so `load_base` loads the original model again from its
@@ -123,7 +130,7 @@ def evaluate(
     probe_prompts = [encode_prompt(tok, m) for m in probe_messages()] if ec.forgetting_probe else []
     probe_windows = text_windows(tok, probe_text()) if ec.forgetting_probe else []
     decoder = Decoder(answers, tok, stops) if ec.constrain == "auto" and answers.kind != "free" else None
-    free_tokens = decoder.max_answer_tokens() if decoder else None
+    free_tokens = decoder.max_answer_tokens() if decoder and unconstrained_pass else None
     n_free = len(prompts) if free_tokens else 0
 
     outputs: dict[str, PassOutput] = {}
@@ -135,7 +142,7 @@ def evaluate(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     ) as progress:
-        for which in ("base", "tuned"):
+        for which in ("base", "tuned") if base_pass else ("tuned",):
             task = progress.add_task(which, total=len(prompts) + n_free + n_single + len(probe_prompts))
 
             def advance(n: int, task: Any = task) -> None:
@@ -186,6 +193,10 @@ def evaluate(
                 # prefix (peft offsets the positions past its virtual keys/values), qlora, full.
                 outputs[which] = run(model)
 
+    if not base_pass:
+        # The tuned pass stands in for the base so that one code path builds the rows; the result then
+        # blanks every base field (_without_base).
+        outputs["base"] = outputs["tuned"]
     base_texts = [g.text for g in outputs["base"].gens]
     tuned_texts = [g.text for g in outputs["tuned"].gens]
     sources = [[m["content"] for m in ex.prompt_messages] for ex in examples]
@@ -278,8 +289,23 @@ def evaluate(
         "targets_met": not failed,
         "failed_targets": failed,
     }
+    if not base_pass:
+        result = _without_base(result)
     atomic_write_json(out_dir / "eval.json", result)
     return result
+
+
+BASE_FIELDS = ("base", "delta", "delta_rel", "delta_ci", "p_value", "test", "discordant")
+
+
+def _without_base(result: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation without a base pass: every base figure null, and `base_scored: false` says why."""
+    out = dict(result, base_scored=False)
+    out["metrics"] = [{**r, **{k: None for k in BASE_FIELDS if k in r}} for r in result["metrics"]]
+    out["speed"] = {**result["speed"], "base": None}
+    if c := result.get("constrained"):
+        out["constrained"] = {**c, "invalid_share": {**c["invalid_share"], "base": None}}
+    return out
 
 
 def _constrained_summary(

@@ -175,6 +175,7 @@ def run_trial(
                 console,
                 split="val",
                 out_dir=run_dir / "eval_val",
+                base_pass=False,  # the same for every trial: only the tuned answers decide one
             )
             eval_s = time.monotonic() - t1
             del trained
