@@ -195,6 +195,27 @@ def test_improvements_name_what_changed() -> None:
     assert [i["trial"] for i in improvements(records, maximize=False)] == [0, 1]
 
 
+def test_what_changed_reads_what_each_trial_trained(tmp_path: Path) -> None:
+    """A trial on another base samples nothing else: the page compares what the two trials trained with."""
+    cfg = _cfg(tmp_path)
+    space = build_space(cfg, labels=True)
+    encoder = apply_values(cfg, {"model": "builtin:all-minilm-l6-v2"}, "t.t1")
+    enc = space.settings(encoder.model_copy(update={"train": encoder.train.model_copy(update={"lr": 1e-4})}))
+    assert enc["model"] == "builtin:all-minilm-l6-v2" and enc["method.name"] == "full"
+    assert enc["train.objective"] == "classify" and enc["train.lr"] == 1e-4
+    assert "method.r" not in enc  # LoRA's rank means nothing to a full fine-tune
+    own = space.settings(cfg)
+    assert "train.head_lr" not in own and own["method.r"] == 8  # sft: no head
+    records = [
+        {"number": 0, "value": 0.8, "state": "complete", "params": {"model": cfg.model}, "settings": own},
+        {"number": 1, "value": 0.9, "state": "complete", "params": {"model": encoder.model}, "settings": enc},
+    ]
+    changed = improvements(records, maximize=True)[1]["changed"]
+    assert changed["model"] == [cfg.model, "builtin:all-minilm-l6-v2"]
+    assert changed["method.name"] == ["lora", "full"] and changed["train.lr"] == [1e-3, 1e-4]
+    assert changed["method.r"] == [8, None]
+
+
 def test_a_resumed_study_refuses_a_space_optuna_cannot_continue(tmp_path: Path) -> None:
     old = [d.as_dict() for d in build_space(_cfg(tmp_path), labels=False).dims]
     wider = _cfg(tmp_path, {"space": {"train.lr": {"low": 1e-6, "high": 1e-1}}})  # new bounds: fine

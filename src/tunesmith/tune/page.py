@@ -36,6 +36,7 @@ def _trial_record(t: FrozenTrial) -> dict[str, Any]:
         "number": t.number,
         "state": state,
         "params": t.params,
+        "settings": a.get("settings"),  # what it trained with on each dimension (recipe applied)
         "value": _finite(t.value) if state == "complete" else None,
         "intermediate": {str(k): _finite(v) for k, v in sorted(t.intermediate_values.items())},
         "val": a.get("val"),
@@ -56,7 +57,8 @@ def _trial_record(t: FrozenTrial) -> dict[str, Any]:
 
 def improvements(records: list[dict[str, Any]], maximize: bool) -> list[dict[str, Any]]:
     """Each time the best val value improved (trials in number order): the trial, its value, and the
-    parameters that differ from the previous best trial's."""
+    settings that differ from the previous best trial's: what each trained with (`settings`: a trial on
+    another base has no sampled values but its own recipe's), else its sampled parameters."""
     out: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     for r in sorted(records, key=lambda r: r["number"]):
@@ -67,16 +69,13 @@ def improvements(records: list[dict[str, Any]], maximize: bool) -> list[dict[str
             continue
         entry: dict[str, Any] = {"trial": r["number"], "value": v}
         if best is not None:
-            keys = sorted(set(best["params"]) | set(r["params"]))
+            old, new = best.get("settings") or best["params"], r.get("settings") or r["params"]
+            keys = sorted(set(old) | set(new))
             entry.update(
                 from_trial=best["number"],
                 from_value=best["value"],
                 delta=v - best["value"],
-                changed={
-                    k: [best["params"].get(k), r["params"].get(k)]
-                    for k in keys
-                    if best["params"].get(k) != r["params"].get(k)
-                },
+                changed={k: [old.get(k), new.get(k)] for k in keys if old.get(k) != new.get(k)},
             )
         out.append(entry)
         best = r

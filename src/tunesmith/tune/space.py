@@ -38,6 +38,13 @@ DEFAULT_METHODS = ("lora", "dora")
 # The base the default space offers beside a decoder for a label task: on the CLINC150 subset it classified
 # better (0.910 against 0.86 for SmolLM2-135M sft or classify) in a sixth of the time (README, "Tune").
 ENCODER_BASE = "builtin:all-minilm-l6-v2"
+# Dimensions that mean something only for some values of another: LoRA's options, the classify head's rate.
+APPLIES_WHEN: dict[str, tuple[str, tuple[str, ...]]] = {
+    "method.r": ("method.name", LORA_FAMILY),
+    "method.alpha": ("method.name", LORA_FAMILY),
+    "method.dropout": ("method.name", LORA_FAMILY),
+    "train.head_lr": ("train.objective", ("classify",)),
+}
 # What a trial on another base than the config's leaves to that base's own recipe (train.recipe): the
 # config's values were chosen for its own base.
 OTHER_BASE_DERIVED = ("lr", "head_lr", "batch_size", "epochs", "max_steps", "eval_every")
@@ -131,6 +138,17 @@ class Space:
             if d.when is None or values.get(d.when[0]) in d.when[1]:
                 values[d.name] = d.suggest(trial)
         return values
+
+    def settings(self, cfg: RunConfig) -> dict[str, Any]:
+        """What a trial's config trains with on each dimension, as trained (the recipe applied, another
+        base's own values): a dimension that does not apply to those values (LoRA's rank for a full
+        fine-tune, the head's rate for sft) is left out."""
+        out: dict[str, Any] = {}
+        for d in self.dims:
+            rule = APPLIES_WHEN.get(d.name)
+            if rule is None or config_value(cfg, rule[0]) in rule[1]:
+                out[d.name] = config_value(cfg, d.name)
+        return out
 
     def describe(self) -> list[str]:
         return [d.describe() for d in self.dims] + [f"{k} = {_fmt(v)} (fixed)" for k, v in self.fixed.items()]

@@ -518,6 +518,7 @@ class Search:
 
     def _gate(self, trial: optuna.Trial) -> Callable[[RunConfig, Plan, PreparedData], None]:
         def gate(cfg: RunConfig, plan: Plan, data: PreparedData) -> None:
+            trial.set_user_attr("settings", self.space.settings(cfg))  # for "what changed" on the page
             steps = total_steps(cfg, len(data.train.encoded))
             step_s = (
                 plan.seconds_per_epoch / plan.steps_per_epoch
