@@ -14,7 +14,7 @@ import os
 import sqlite3
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,15 +29,19 @@ from tunesmith.io import atomic_write_json, atomic_write_text, sqlite_write
 
 
 def new_run_dir(cfg: RunConfig) -> Path:
+    """A new, empty run folder named after the config and the time. Two runs started in the same second
+    (tune workers, a script) each get their own: mkdir is the atomic claim, a taken name gets a suffix."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     root = Path(cfg.runs_dir)
-    path = root / f"{cfg.name}-{stamp}"
-    n = 1
-    while path.exists():
-        n += 1
-        path = root / f"{cfg.name}-{stamp}-{n}"
-    path.mkdir(parents=True)
-    return path
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = root / (f"{cfg.name}-{stamp}" if n == 1 else f"{cfg.name}-{stamp}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise RuntimeError(f"{root}: 10,000 runs named {cfg.name!r} started in one second")
 
 
 def files_hash(paths: Sequence[str]) -> str:
@@ -137,18 +141,26 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    """Write the manifest (atomically), then index it in the runs folder's registry."""
-    atomic_write_json(run_dir / "manifest.json", manifest)
+    """Write a whole new manifest (atomically), then index it in the runs folder's registry."""
     with connect(run_dir.parent) as db:
+        atomic_write_json(run_dir / "manifest.json", manifest)
         _index(db, run_dir, manifest)
+
+
+def edit_manifest(run_dir: Path, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Read, change and write the manifest inside the registry's write lock, so two processes editing one
+    run (an `eval` finishing while `runs promote` records a promotion) cannot lose each other's change."""
+    with connect(run_dir.parent) as db:
+        manifest = read_manifest(run_dir)
+        change(manifest)
+        atomic_write_json(run_dir / "manifest.json", manifest)
+        _index(db, run_dir, manifest)
+    return manifest
 
 
 def update_manifest(run_dir: Path, **fields: Any) -> dict[str, Any]:
     """Set top-level manifest fields (e.g. `tune`, a trial's tag) and index the run again."""
-    manifest = read_manifest(run_dir)
-    manifest.update(fields)
-    write_manifest(run_dir, manifest)
-    return manifest
+    return edit_manifest(run_dir, lambda manifest: manifest.update(fields))
 
 
 def file_sha256(path: Path) -> str:
@@ -165,25 +177,30 @@ def hash_tree(folder: Path) -> dict[str, str]:
 
 
 def mark_stage(run_dir: Path, stage: str, status: str, **extra: Any) -> dict[str, Any]:
-    manifest = read_manifest(run_dir)
-    manifest["stages"][stage] = {"status": status, "at": datetime.now(UTC).isoformat(timespec="seconds")}
-    manifest.update(extra)
+    fields: dict[str, Any] = dict(extra)
+    artifacts: dict[str, Any] = {}
     if stage == "train" and status == "done":
-        # What training wrote, hashed now: an export later proves it starts from these exact bytes.
-        artifacts = manifest.setdefault("artifacts", {})
+        # What training wrote, hashed now (outside the lock: it reads every weight file): an export later
+        # proves it starts from these exact bytes.
         for name in ("adapter", "model"):
             if (run_dir / name).is_dir():
                 artifacts[name] = {"path": name, "sha256": hash_tree(run_dir / name)}
     if stage == "eval" and status == "done" and (run_dir / "eval" / "eval.json").is_file():
         ev = json.loads((run_dir / "eval" / "eval.json").read_text(encoding="utf-8"))
-        manifest["metrics"] = {
+        fields["metrics"] = {
             r["metric"]: {k: r[k] for k in ("base", "tuned", "delta", "status") if k in r}
             for r in ev["metrics"]
         }
-        manifest["primary_metric"] = ev["primary_metric"]
-        manifest["targets_met"] = ev["targets_met"]
-    write_manifest(run_dir, manifest)
-    return manifest
+        fields["primary_metric"] = ev["primary_metric"]
+        fields["targets_met"] = ev["targets_met"]
+
+    def change(manifest: dict[str, Any]) -> None:
+        manifest["stages"][stage] = {"status": status, "at": datetime.now(UTC).isoformat(timespec="seconds")}
+        manifest.update(fields)
+        if stage == "train" and status == "done":
+            manifest.setdefault("artifacts", {}).update(artifacts)
+
+    return edit_manifest(run_dir, change)
 
 
 # --------------------------------------------------------------------------------------------------

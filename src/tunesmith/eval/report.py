@@ -14,12 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.io import atomic_write_bytes, atomic_write_text
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+from tunesmith.metrics_log import read_metrics
 
 
 def loss_plot_png(records: list[dict[str, Any]]) -> bytes | None:

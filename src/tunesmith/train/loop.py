@@ -17,7 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from tunesmith.config import RunConfig
 from tunesmith.data.pipeline import PreparedData
 from tunesmith.data.tokenize import Encoded
-from tunesmith.io import atomic_write_text, default_threads
+from tunesmith.io import default_threads
+from tunesmith.metrics_log import FILE_NAME as METRICS_FILE
+from tunesmith.metrics_log import MetricsLog, truncate_metrics
 from tunesmith.progress import make_console, stage_progress
 from tunesmith.train.batching import (
     BatchStream,
@@ -201,17 +203,6 @@ def compile_decoder(model: Any, sharded: bool = False) -> None:
     getattr(lm, lm.base_model_prefix).compile(dynamic=True)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop the records of steps after `step`: a resumed run logs them again."""
-    if path.is_file():
-        keep = [
-            ln
-            for ln in path.read_text(encoding="utf-8").splitlines()
-            if ln and json.loads(ln)["step"] <= step
-        ]
-        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
-
-
 def train(
     cfg: RunConfig,
     data: PreparedData,
@@ -333,8 +324,7 @@ def train(
     steps = total_steps(cfg, len(train_set))
     warmup = int(round(tc.warmup_ratio * steps))
     pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path = run_dir / METRICS_FILE
     state = TrainState()
     monitor = ValMonitor(tc.patience, tc.min_delta)
     if last is not None:
@@ -346,8 +336,8 @@ def train(
             state = load_checkpoint(last, unwrapped, optimizer)
         monitor = ValMonitor.from_state(state.monitor)
         console.print(f"resuming from [bold]{last.path}[/bold] (step {state.step} of {steps})")
-    if main:
-        _truncate_metrics(metrics_path, state.step)
+    if main and (torn := truncate_metrics(metrics_path, state.step)):
+        console.print(f"[yellow bold]warning:[/yellow bold] {torn}")
     accelerator.wait_for_everyone()
     batches = BatchStream(
         [len(e.input_ids) for e in train_set],
@@ -376,7 +366,7 @@ def train(
         TimeRemainingColumn(),
     )
     val_before: dict[str, float] | None = None
-    with progress, metrics_path.open("a", encoding="utf-8") as log:
+    with progress, MetricsLog(metrics_path) as log:
         task = progress.add_task("step", total=steps, completed=state.step, info="")
         if val_set and state.step == 0 and end > 0:
             # Held-out loss before any update: the baseline every later val_loss is read against.
@@ -456,8 +446,7 @@ def train(
                     stopped = True
                     record["early_stop"] = True
             if main:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+                log.append(record)
             if on_eval is not None and val is not None:
                 on_eval(step + 1, val_stats)
             if tc.track:
@@ -492,6 +481,7 @@ def train(
                 weights = full_model_state(model, trainable_only=True) if sharded else None
                 optimizer_state = full_optimizer_state(model, optimizer) if sharded else None
                 if main:
+                    log.sync()  # every step the checkpoint covers is on disk before the checkpoint is
                     save_checkpoint(ckpt_root, unwrapped, optimizer, state, weights, optimizer_state)
                     prune_checkpoints(ckpt_root, tc.keep_checkpoints)
                 accelerator.wait_for_everyone()

@@ -5,7 +5,6 @@ with the study and trial number (manifest `tune`)."""
 from __future__ import annotations
 
 import gc
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import ConfigError, RunConfig
 from tunesmith.data.validate import DataError
+from tunesmith.metrics_log import FILE_NAME as METRICS_FILE
+from tunesmith.metrics_log import read_metrics
 from tunesmith.models import ModelError
 from tunesmith.progress import make_console
 from tunesmith.registry import mark_stage, read_manifest, update_manifest
@@ -119,9 +120,8 @@ def _intermediate(ctx: StudyContext, cfg: RunConfig, val: dict[str, float]) -> f
 
 
 def _last_record(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "metrics.jsonl"
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    return json.loads(lines[-1]) if lines else {}
+    records = read_metrics(run_dir / METRICS_FILE)
+    return records[-1] if records else {}
 
 
 def run_trial(
