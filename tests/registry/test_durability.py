@@ -23,7 +23,6 @@ from tunesmith.metrics_log import MetricsFileError, read_metrics, truncate_metri
 from tunesmith.models import load_model, load_tokenizer
 from tunesmith.train import loop
 
-
 # --------------------------------------------------------------------------------------------------
 # metrics.jsonl
 
