@@ -21,7 +21,7 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from tunesmith.config import ConfigError, RunConfig, config_reference, load_config  # noqa: E402
-from tunesmith.data.validate import DataError  # noqa: E402
+from tunesmith.data.issues import DataError  # noqa: E402
 from tunesmith.models import ModelError  # noqa: E402
 from tunesmith.progress import make_console  # noqa: E402
 from tunesmith.train.methods import MethodUnavailableError  # noqa: E402
@@ -771,7 +771,7 @@ def feedback_export(
     clean = None
     served_runs = sorted({r["run_id"] for r in FeedbackStore(sdir).rows()})
     if served_runs and (runs_dir / served_runs[0] / "resolved.yaml").is_file():
-        from tunesmith.runner import load_run_config
+        from tunesmith.config import load_run_config
 
         clean = load_run_config(runs_dir / served_runs[0]).data.clean
     result = export_feedback(sdir, out, include_upvoted=include_upvoted, clean=clean)

@@ -995,6 +995,13 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
     return validate_config(raw, base_dir=path.parent, source=str(path))
 
 
+def load_run_config(run_dir: Path) -> RunConfig:
+    """The config a run trained with: its resolved.yaml (recipe applied, every default written out)."""
+    path = run_dir / "resolved.yaml"
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return validate_config(raw, base_dir=run_dir, source=str(path))
+
+
 def validate_config(
     raw: Mapping[str, Any], base_dir: str | Path = ".", source: str = "<config>"
 ) -> RunConfig:

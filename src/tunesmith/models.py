@@ -204,10 +204,22 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
         raise
 
 
+class RunNotMerged(ModelError):
+    """`model: run:ID` names an adapter run that has no merged export yet. The stages that write (`run`,
+    `tune`) make it (runner.resolve_base); the read-only ones (`data check`, `plan`) say how."""
+
+    def __init__(self, ref: str, run_dir: Path) -> None:
+        super().__init__(
+            f"model run:{ref}: the run's adapter is not merged into its base yet, and this command writes "
+            f"nothing. `tunesmith export {run_dir} --format merged` makes it (`tunesmith run` does too)"
+        )
+        self.run_dir = run_dir
+
+
 def resolve_run_model(ref: str, runs_dir: str | Path) -> str:
     """`run:ID` (continual fine-tuning): the registered run's weights as one standalone model. A full
-    fine-tune's model/ as is; an adapter run's verified merged export (base + adapter merged), made now
-    if the run has none yet."""
+    fine-tune's model/ as is; an adapter run's verified merged export (base + adapter merged), or
+    RunNotMerged when it has none yet."""
     from tunesmith.registry import RegistryError, get_run
 
     p = Path(ref)
@@ -222,12 +234,7 @@ def resolve_run_model(ref: str, runs_dir: str | Path) -> str:
         return str(run_dir / "model")
     merged = run_dir / "export" / "merged"
     if not (merged / "export.json").is_file():
-        from tunesmith.export import ExportError, export_run
-
-        try:
-            export_run(run_dir, "merged")
-        except ExportError as e:
-            raise ModelError(f"model run:{ref}: cannot merge its adapter into the base: {e}") from e
+        raise RunNotMerged(ref, run_dir)
     return str(merged)
 
 

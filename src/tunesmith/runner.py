@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
-from tunesmith.config import RunConfig, validate_config
+from tunesmith.config import RunConfig, load_run_config
 from tunesmith.data import cache as data_cache
 from tunesmith.data.answers import AnswerSpace
+from tunesmith.data.issues import DataError
 from tunesmith.data.pipeline import (
     PreparedData,
     Split,
@@ -26,11 +26,18 @@ from tunesmith.data.pipeline import (
     write_prepared,
 )
 from tunesmith.data.report import print_preflight, write_preflight_html
-from tunesmith.data.validate import DataError
 from tunesmith.eval.evaluate import evaluate
 from tunesmith.eval.heldout import evaluate_heldout
 from tunesmith.eval.report import build_report
-from tunesmith.models import load_classifier, load_model, load_tokenizer, resolve_model
+from tunesmith.export import ExportError, export_run
+from tunesmith.models import (
+    ModelError,
+    RunNotMerged,
+    load_classifier,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+)
 from tunesmith.registry import init_manifest, mark_stage, new_run_dir, read_manifest
 from tunesmith.train.loop import EvalHook, StopTraining, TrainResult, train
 from tunesmith.train.methods import (
@@ -54,9 +61,26 @@ class RunOutcome:
         return bool(self.eval is None or self.eval["targets_met"])
 
 
-def check_data(cfg: RunConfig, console: Console) -> tuple[str, Any, PreparedData]:
-    """Resolve the model's tokenizer and validate + tokenize all data. Raises DataError; writes nothing."""
-    model_path = resolve_model(cfg.model, runs_dir=cfg.runs_dir)
+def resolve_base(cfg: RunConfig, merge: bool) -> str:
+    """The base model's folder. `model: run:ID` on an adapter run needs that run merged into its base: with
+    `merge` (the stages that write a run anyway) the verified merged export is made now; without, the
+    read-only commands stop with RunNotMerged, which says how to make it."""
+    try:
+        return resolve_model(cfg.model, runs_dir=cfg.runs_dir)
+    except RunNotMerged as e:
+        if not merge:
+            raise
+        try:
+            export_run(e.run_dir, "merged")
+        except ExportError as x:
+            raise ModelError(f"model {cfg.model}: cannot merge its adapter into the base: {x}") from x
+    return resolve_model(cfg.model, runs_dir=cfg.runs_dir)
+
+
+def check_data(cfg: RunConfig, console: Console, merge: bool = False) -> tuple[str, Any, PreparedData]:
+    """Resolve the model's tokenizer and validate + tokenize all data. Raises DataError; writes nothing
+    (a `run:` base is merged first only with `merge`, see resolve_base)."""
+    model_path = resolve_base(cfg, merge)
     check_base_model(cfg.method, cfg.train.objective, model_path, cfg.model)  # an encoder: classify only
     key = data_cache.cache_key(cfg, model_path)
     cached = data_cache.load(key) if cfg.data.cache else None
@@ -108,7 +132,7 @@ def _start_run(
     """The data stage into a new run directory; returns the config as it will train (recipe applied).
     `gate(cfg, plan, data)` may refuse the run, by raising, before its directory is made (`tune`: a trial
     that would not finish in the budget left)."""
-    model_path, tok, data = check_data(cfg, console)
+    model_path, tok, data = check_data(cfg, console, merge=True)
     cfg = resolve_recipe(cfg, model_path, data, console)
     plan = plan_on_this_machine(cfg, model_path, data, console)
     if not plan.fits:
@@ -392,11 +416,6 @@ def run_all(cfg: RunConfig, console: Console, resume_dir: Path | None = None) ->
     print_eval(ev, console)
     console.print(f"report: [bold]{report}[/bold]")
     return RunOutcome(run_dir, ev)
-
-
-def load_run_config(run_dir: Path) -> RunConfig:
-    raw = yaml.safe_load((run_dir / "resolved.yaml").read_text(encoding="utf-8"))
-    return validate_config(raw, base_dir=run_dir, source=str(run_dir / "resolved.yaml"))
 
 
 def _preflight(run_dir: Path) -> dict[str, Any]:

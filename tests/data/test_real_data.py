@@ -16,8 +16,8 @@ import yaml
 from helpers import write_jsonl
 from tunesmith.config import load_config
 from tunesmith.data.init import inspect, write_config
+from tunesmith.data.issues import DataError
 from tunesmith.data.stream import build_splits
-from tunesmith.data.validate import DataError
 
 CLINC = Path(__file__).parent / "real" / "clinc150"
 

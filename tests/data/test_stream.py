@@ -17,7 +17,7 @@ from tunesmith.config import load_config
 from tunesmith.data import stream
 from tunesmith.data.clean import dedup_parts
 from tunesmith.data.formats import Example
-from tunesmith.data.validate import DataError
+from tunesmith.data.issues import DataError
 
 
 def _messy_rows(n: int, seed: int) -> list[dict[str, Any]]:

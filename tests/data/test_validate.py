@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from tunesmith.data.formats import RowError, row_to_messages
-from tunesmith.data.validate import DataError, load_examples
+from tunesmith.data.issues import DataError
+from tunesmith.data.validate import load_examples
 
 
 def test_broken_line_7_is_reported_with_file_and_line(tmp_path: Path) -> None:

@@ -205,3 +205,17 @@ def test_runs_started_in_the_same_second_get_their_own_folders(
     assert len({p.name for p in made}) == 8
     assert all(p.is_dir() and not any(p.iterdir()) for p in made)
     assert sorted(p.name for p in made)[0] == f"{cfg.name}-20261205-120000"
+
+
+def test_a_run_base_is_not_merged_by_a_read_only_command(tmp_path: Path) -> None:
+    """`model: run:ID` on an adapter run without a merged export: resolving it (what `data check` and `plan`
+    do) writes nothing and says how to make it; the stages that train make it (runner.resolve_base)."""
+    from tunesmith.models import RunNotMerged, resolve_model
+
+    runs = tmp_path / "runs"
+    (runs / "toy-a" / "adapter").mkdir(parents=True)
+    registry.write_manifest(runs / "toy-a", {"id": "toy-a", "name": "toy", "method": "lora", "stages": {}})
+    before = sorted(p.relative_to(runs) for p in runs.rglob("*"))
+    with pytest.raises(RunNotMerged, match="export .*toy-a --format merged"):
+        resolve_model("run:toy-a", runs)
+    assert sorted(p.relative_to(runs) for p in runs.rglob("*")) == before

@@ -11,10 +11,10 @@ import torch
 
 from tunesmith.config import MethodConfig
 from tunesmith.data.formats import Example
-from tunesmith.data.tokenize import IGNORE, stop_token_ids
+from tunesmith.data.tokenize import IGNORE, encode_pair, pack_texts, stop_token_ids
 from tunesmith.train.batching import collate, sequence_logps
 from tunesmith.train.methods import apply_method
-from tunesmith.train.objectives import DPOObjective, encode_pair, mean_loss, pack_texts
+from tunesmith.train.objectives import DPOObjective, mean_loss
 
 
 def _model(tiny_model_dir: Path) -> Any:
@@ -159,7 +159,7 @@ def test_dpo_data_is_encoded_as_pairs_and_other_rows_are_refused(
     import random
 
     from helpers import make_label_rows, random_words
-    from tunesmith.data.validate import DataError
+    from tunesmith.data.issues import DataError
 
     rng = random.Random(1)
     rows = [

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tunesmith.config import RunConfig
-from tunesmith.data.tokenize import Encoded
+from tunesmith.data.tokenize import ClassEncoded, Encoded, EncodedExample, PairEncoded
 from tunesmith.io import atomic_dir
 
 if TYPE_CHECKING:
@@ -137,14 +137,10 @@ def load(key: str) -> PreparedData | None:
             bounds = np.concatenate([[0], np.cumsum(z[f"{name}_lengths"])]).tolist()
             ids, labels = z[f"{name}_input_ids"].tolist(), z[f"{name}_labels"].tolist()
             flat = [Encoded(ids[a:b], labels[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-            encoded: list[Any] = flat
+            encoded: list[EncodedExample] = list(flat)
             if bool(z[f"{name}_pairs"]):
-                from tunesmith.train.objectives import PairEncoded
-
                 encoded = [PairEncoded(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
             elif f"{name}_class" in z and len(z[f"{name}_class"]):
-                from tunesmith.train.objectives import ClassEncoded
-
                 encoded = [
                     ClassEncoded(e.input_ids, int(c)) for e, c in zip(flat, z[f"{name}_class"], strict=True)
                 ]

@@ -17,20 +17,26 @@ from typing import TYPE_CHECKING, Any
 from tunesmith.config import RunConfig
 from tunesmith.data.answers import FREE, AnswerSpace, infer_answer_space
 from tunesmith.data.formats import Example, example_to_row
+from tunesmith.data.issues import DataError, DataIssue
 from tunesmith.data.stream import build_splits, read_split
 from tunesmith.data.tokenize import (
     IGNORE,
+    ClassEncoded,
     Encoded,
+    EncodedExample,
+    PairEncoded,
     TemplateError,
     TooLongError,
     encode_chat,
+    encode_pair,
     encode_plain,
     encode_prompt,
+    pack_texts,
     reads_plain_text,
     render_parity,
     stop_token_ids,
 )
-from tunesmith.data.validate import DataError, DataIssue, check_count
+from tunesmith.data.validate import check_count
 from tunesmith.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -40,8 +46,9 @@ if TYPE_CHECKING:
 @dataclass
 class Split:
     examples: list[Example]
-    # sft: one Encoded per example; pretrain: packed blocks (not one per example); dpo: one PairEncoded each.
-    encoded: list[Any] = field(default_factory=list)
+    # sft: one Encoded per example; pretrain: packed blocks (not one per example); dpo: one PairEncoded
+    # each; classify: one ClassEncoded each.
+    encoded: list[EncodedExample] = field(default_factory=list)
 
 
 @dataclass
@@ -91,12 +98,10 @@ def encode_split(
     on_overlength: str,
     objective: str = "sft",
     label_index: dict[str, int] | None = None,
-) -> tuple[list[Example], list[Any], list[DataIssue], Counter[str]]:
+) -> tuple[list[Example], list[EncodedExample], list[DataIssue], Counter[str]]:
     """Tokenize one split for `objective` (classify: `label_index` maps each label to its class index)."""
-    from tunesmith.train.objectives import ClassEncoded, encode_pair, pack_texts
-
     kept: list[Example] = []
-    encoded: list[Any] = []
+    encoded: list[EncodedExample] = []
     issues: list[DataIssue] = []
     counts: Counter[str] = Counter()
     want = _KIND_FOR[objective]
@@ -182,7 +187,7 @@ def encode_split(
         kept.append(ex)
         encoded.append(enc)
     if objective == "pretrain":
-        encoded = pack_texts(tok, (ex.text for ex in kept), max_length)
+        encoded = [*pack_texts(tok, (ex.text for ex in kept), max_length)]
     return kept, encoded, issues, counts
 
 
@@ -191,14 +196,14 @@ def class_label(ex: Example) -> str:
     return ex.label if ex.label is not None else ex.reference.strip()
 
 
-def _flat(encoded: Sequence[Any]) -> list[Encoded]:
+def _flat(encoded: Sequence[EncodedExample]) -> list[Encoded]:
     """Every tokenized sequence of a split: DPO pairs count both sides; a classification example's tokens
     carry no token loss (its loss is on the label)."""
     out: list[Encoded] = []
     for e in encoded:
-        if hasattr(e, "chosen"):
+        if isinstance(e, PairEncoded):
             out += [e.chosen, e.rejected]
-        elif hasattr(e, "label_id"):
+        elif isinstance(e, ClassEncoded):
             out.append(Encoded(e.input_ids, [IGNORE] * len(e.input_ids)))
         else:
             out.append(e)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from tunesmith.data.validate import DataIssue
+from tunesmith.data.issues import DataIssue
 
 TEXT_SUFFIXES = (".txt", ".md")
 TOO_DEEP = "is JSON nested too deeply to read (hundreds of levels): an example is a flat object"

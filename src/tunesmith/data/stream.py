@@ -40,9 +40,10 @@ from tunesmith.data.clean import (
     sketch_examples,
 )
 from tunesmith.data.formats import Example, RowError, example_from_row, example_to_row, row_to_example
+from tunesmith.data.issues import DataError, DataIssue
 from tunesmith.data.readers import RawRow, iter_files, iter_rows
 from tunesmith.data.split import split_three
-from tunesmith.data.validate import MIN_EXAMPLES, DataError, DataIssue
+from tunesmith.data.validate import MIN_EXAMPLES
 from tunesmith.io import usable_cpus
 
 CHUNK_ROWS = 2048

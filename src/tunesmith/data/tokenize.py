@@ -18,11 +18,11 @@ plain sequence, `[CLS] text [SEP]` with the tokenizer's own special tokens. The 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tunesmith.data.formats import Message
+from tunesmith.data.formats import Example, Message
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -181,3 +181,54 @@ def render_parity(tok: PreTrainedTokenizerBase, messages: Sequence[Message]) -> 
     for text, _ in segments(tok, messages):
         pieces += _ids(tok, text)
     return whole == pieces
+
+
+# The encoded forms of the other objectives (sft and pretrain use Encoded itself).
+@dataclass(frozen=True)
+class PairEncoded:
+    """A preference pair: the same prompt with the chosen and with the rejected answer."""
+
+    chosen: Encoded
+    rejected: Encoded
+
+    @property
+    def input_ids(self) -> list[int]:  # the longer side, for length grouping and padding estimates
+        return max(self.chosen.input_ids, self.rejected.input_ids, key=len)
+
+
+def encode_pair(
+    tok: PreTrainedTokenizerBase, ex: Example, max_length: int, stop_ids: Sequence[int]
+) -> PairEncoded:
+    rejected: list[Message] = [*ex.messages[:-1], {"role": "assistant", "content": ex.rejected}]
+    return PairEncoded(
+        encode_chat(tok, ex.messages, max_length, stop_ids), encode_chat(tok, rejected, max_length, stop_ids)
+    )
+
+
+@dataclass(frozen=True)
+class ClassEncoded:
+    """A classification example: the prompt's tokens (up to the assistant header) and the label's index."""
+
+    input_ids: list[int]
+    label_id: int
+
+
+def pack_texts(tok: PreTrainedTokenizerBase, texts: Iterable[str], block: int) -> list[Encoded]:
+    """Documents -> token stream (each document with the tokenizer's own BOS/EOS handling, then EOS) ->
+    blocks of exactly `block` tokens; a final shorter block is kept when it holds at least a quarter block.
+    Every token is under the loss."""
+    eos = tok.eos_token_id
+    stream: list[int] = []
+    for text in texts:
+        ids = list(tok(text)["input_ids"])
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids.append(int(eos))
+        stream += ids
+    blocks = [stream[i : i + block] for i in range(0, len(stream), block)]
+    if blocks and len(blocks[-1]) < max(2, block // 4):
+        blocks.pop()
+    return [Encoded(b, list(b)) for b in blocks]
+
+
+# What one prepared example (or packed block) is after tokenizing, for any objective.
+EncodedExample = Encoded | PairEncoded | ClassEncoded

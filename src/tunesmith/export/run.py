@@ -142,13 +142,13 @@ def export_run(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tunesmith.config import load_run_config
     from tunesmith.data.pipeline import read_prepared_examples
     from tunesmith.data.tokenize import stop_token_ids
     from tunesmith.export.gguf import write_gguf
     from tunesmith.export.verify import TOLERANCES, compare_models, probes
     from tunesmith.models import load_model, load_tokenizer
     from tunesmith.registry import hash_tree, mark_stage, read_manifest
-    from tunesmith.runner import load_run_config
     from tunesmith.train.methods import PEFT_METHODS, load_adapter, output_dir_name
 
     console = console or make_console()

@@ -78,9 +78,9 @@ class Engine:
     ):
         import torch
 
+        from tunesmith.config import load_run_config
         from tunesmith.models import load_model, load_tokenizer
         from tunesmith.registry import read_manifest
-        from tunesmith.runner import load_run_config
         from tunesmith.train.methods import output_dir_name
 
         if not run_dirs:

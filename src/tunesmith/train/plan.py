@@ -32,8 +32,9 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from tunesmith.data.tokenize import Encoded
 from tunesmith.io import default_threads
 from tunesmith.train.precision import cpu_has_bf16
 from tunesmith.train.precision import resolve_precision as _resolve
@@ -353,12 +354,12 @@ class DataStats:
 
     @classmethod
     def from_prepared(cls, data: PreparedData) -> DataStats:
-        from tunesmith.data.tokenize import IGNORE
+        from tunesmith.data.tokenize import IGNORE, ClassEncoded, EncodedExample, PairEncoded
 
-        def loss_tokens(e: Any) -> int:
-            if hasattr(e, "chosen"):  # a DPO pair: both answers are scored
+        def loss_tokens(e: EncodedExample) -> int:
+            if isinstance(e, PairEncoded):  # a DPO pair: both answers are scored
                 return loss_tokens(e.chosen) + loss_tokens(e.rejected)
-            if hasattr(e, "label_id"):  # classification: one prediction per example
+            if isinstance(e, ClassEncoded):  # classification: one prediction per example
                 return 1
             return sum(1 for lab in e.labels[1:] if lab != IGNORE)
 
@@ -718,6 +719,12 @@ def measure_steps(
     from tunesmith.train.methods import apply_method
 
     tc = cfg.train
+    if tc.objective not in ("sft", "pretrain"):
+        raise PlanError(
+            f"--measure times the token objectives (sft, pretrain); train.objective {tc.objective} is planned "
+            "from its shapes alone: leave out --measure"
+        )
+    examples = cast(list[Encoded], data.train.encoded)  # sft and pretrain encode to Encoded
     if tc.threads:
         torch.set_num_threads(tc.threads)
     model: Any = load_model(model_path)
@@ -738,12 +745,12 @@ def measure_steps(
     device = "cuda" if plan.device_kind == "cuda" and torch.cuda.is_available() else "cpu"
     model.to(device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=plan.precision == "bf16")
-    lengths = [len(e.input_ids) for e in data.train.encoded]
+    lengths = [len(e.input_ids) for e in examples]
     batches = micro_batches(lengths, tc.batch_size, tc.seed, tc.group_by_length)
     timed_tokens, timed = 0, 0.0
     for step in range(steps + 1):
         _, idx = next(batches)
-        batch = {k: v.to(device) for k, v in collate([data.train.encoded[i] for i in idx], pad_id).items()}
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
         t0 = time.perf_counter()
         with autocast:
             loss = token_loss_sum(model, batch) / max(int((batch["labels"][:, 1:] != -100).sum()), 1)

@@ -247,7 +247,7 @@ class Search:
         self._limits()
         check_method_available(cfg.method, cfg.train.kernels, cfg.train.attention)
         quiet = make_console(quiet=True)
-        model_path, _, data = check_data(cfg, quiet)
+        model_path, _, data = check_data(cfg, quiet, merge=True)
         if not data.val.examples:
             raise TuneError(
                 "tune scores every trial on the val split, and it is empty: set data.split.val > 0 or give data.val"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import ConfigError, RunConfig
-from tunesmith.data.validate import DataError
+from tunesmith.data.issues import DataError
 from tunesmith.metrics_log import FILE_NAME as METRICS_FILE
 from tunesmith.metrics_log import read_metrics
 from tunesmith.models import ModelError
