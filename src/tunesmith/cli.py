@@ -22,10 +22,11 @@ from rich.console import Console  # noqa: E402
 
 from tunesmith.config import ConfigError, RunConfig, config_reference, load_config  # noqa: E402
 from tunesmith.data.issues import DataError  # noqa: E402
+from tunesmith.method_traits import METHODS  # noqa: E402
 from tunesmith.models import ModelError  # noqa: E402
 from tunesmith.progress import make_console  # noqa: E402
 from tunesmith.train.methods import MethodUnavailableError  # noqa: E402
-from tunesmith.train.plan import GPU_CHOICES, METHODS, PlanError  # noqa: E402
+from tunesmith.train.plan import GPU_CHOICES, PlanError  # noqa: E402
 from tunesmith.train.precision import PrecisionError  # noqa: E402
 
 app = typer.Typer(

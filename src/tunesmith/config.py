@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from tunesmith.method_traits import LOW_RANK_METHODS, VIRTUAL_TOKEN_METHODS, MethodName
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -276,16 +278,14 @@ class DataConfig(_Strict):
         return v
 
 
-METHODS = ("full", "lora", "dora", "qlora", "prefix", "prompt", "ia3")
-_LORA_FAMILY = ("lora", "dora", "qlora")
 # Which methods read each option; a non-default value under any other method would be silently ignored.
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
-    "r": _LORA_FAMILY,
-    "alpha": _LORA_FAMILY,
-    "dropout": _LORA_FAMILY,
-    "target_modules": (*_LORA_FAMILY, "ia3"),
+    "r": LOW_RANK_METHODS,
+    "alpha": LOW_RANK_METHODS,
+    "dropout": LOW_RANK_METHODS,
+    "target_modules": (*LOW_RANK_METHODS, "ia3"),
     "feedforward_modules": ("ia3",),
-    "num_virtual_tokens": ("prefix", "prompt"),
+    "num_virtual_tokens": VIRTUAL_TOKEN_METHODS,
     "prompt_init_text": ("prompt",),
 }
 
@@ -293,7 +293,7 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
 class MethodConfig(_Strict):
     """Which parameters are trained; each option applies to the methods named in its description."""
 
-    name: Literal["full", "lora", "dora", "qlora", "prefix", "prompt", "ia3"] = Field(
+    name: MethodName = Field(
         "lora",
         description="Fine-tuning method. `full`: every weight trained (no peft; saves `model/`). "
         "`lora`: low-rank adapters. `dora`: LoRA plus a learned magnitude per output feature (better at low rank, "
@@ -820,7 +820,7 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"train.packing works with objective sft or pretrain, not {self.train.objective}"
             )
-        if self.train.packing and self.method.name in ("prefix", "prompt"):
+        if self.train.packing and self.method.name in VIRTUAL_TOKEN_METHODS:
             raise ValueError(
                 f"train.packing cannot be used with method {self.method.name}: its virtual tokens would be shared "
                 "by every packed example; turn packing off"

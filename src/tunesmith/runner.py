@@ -30,6 +30,7 @@ from tunesmith.eval.evaluate import evaluate
 from tunesmith.eval.heldout import evaluate_heldout
 from tunesmith.eval.report import build_report
 from tunesmith.export import ExportError, export_run
+from tunesmith.method_traits import PEFT_METHODS, traits
 from tunesmith.models import (
     ModelError,
     RunNotMerged,
@@ -41,7 +42,6 @@ from tunesmith.models import (
 from tunesmith.registry import init_manifest, mark_stage, new_run_dir, read_manifest
 from tunesmith.train.loop import EvalHook, StopTraining, TrainResult, train
 from tunesmith.train.methods import (
-    PEFT_METHODS,
     check_base_model,
     check_method_available,
     load_adapter,
@@ -172,7 +172,7 @@ def _load_base(cfg: RunConfig, model_path: str, class_labels: list[str] | None =
         # fine-tune's base pass (and `tunesmith eval` later) scores exactly that untrained head.
         torch.manual_seed(cfg.train.seed)
         return load_classifier(model_path, class_labels or [], int(pad))
-    return load_model(model_path, load_in_4bit=cfg.method.name == "qlora")
+    return load_model(model_path, load_in_4bit=traits(cfg.method.name).quantized_base)
 
 
 def _base_loader(

@@ -27,8 +27,8 @@ from tunesmith.eval.hallucination import unsupported_spans
 from tunesmith.eval.metrics import score_all
 from tunesmith.eval.perplexity import perplexity, sequence_nll, text_windows
 from tunesmith.io import atomic_write_json, atomic_write_text
+from tunesmith.method_traits import MERGEABLE_METHODS, PEFT_METHODS
 from tunesmith.progress import make_console, stage_progress
-from tunesmith.train.methods import MERGEABLE, PEFT_METHODS
 
 
 def _percentile(xs: list[float], q: float) -> float:
@@ -179,7 +179,7 @@ def evaluate(
             elif which == "base":
                 with model.disable_adapter():
                     outputs[which] = run(model)
-            elif method in MERGEABLE:
+            elif method in MERGEABLE_METHODS:
                 # Merged weights decode faster (no extra matmuls per layer) and are what an exported model
                 # serves; the adapter is saved already, and unmerging restores the base for reuse.
                 model.merge_adapter()

@@ -35,8 +35,9 @@ class ExportVerificationError(ExportError):
 
 def _load_reference(cfg: Any, manifest: dict[str, Any], run_dir: Path) -> Any:
     """The trained model as training left it: base + adapter (unmerged), or the full fine-tune's weights."""
+    from tunesmith.method_traits import PEFT_METHODS
     from tunesmith.models import load_model
-    from tunesmith.train.methods import PEFT_METHODS, load_adapter, output_dir_name
+    from tunesmith.train.methods import load_adapter, output_dir_name
 
     saved = run_dir / output_dir_name(cfg.method)
     if cfg.method.name in PEFT_METHODS:
@@ -50,13 +51,14 @@ def _load_reference(cfg: Any, manifest: dict[str, Any], run_dir: Path) -> Any:
 
 def merge(cfg: Any, manifest: dict[str, Any], run_dir: Path) -> Any:
     """A standalone model with the adapter folded in: a fresh base load, the saved adapter, merge_and_unload."""
+    from tunesmith.method_traits import MERGEABLE_METHODS, PEFT_METHODS
     from tunesmith.models import load_model
-    from tunesmith.train.methods import MERGEABLE, PEFT_METHODS, load_adapter, output_dir_name
+    from tunesmith.train.methods import load_adapter, output_dir_name
 
     saved = run_dir / output_dir_name(cfg.method)
     if cfg.method.name not in PEFT_METHODS:
         return load_model(str(saved))
-    if cfg.method.name not in MERGEABLE:
+    if cfg.method.name not in MERGEABLE_METHODS:
         raise ExportError(
             f"method {cfg.method.name!r} cannot be merged into the base weights "
             "(prefix/prompt change the input, qlora's base is 4-bit); export it with --format adapter"
@@ -147,9 +149,10 @@ def export_run(
     from tunesmith.data.tokenize import stop_token_ids
     from tunesmith.export.gguf import write_gguf
     from tunesmith.export.verify import TOLERANCES, compare_models, probes
+    from tunesmith.method_traits import PEFT_METHODS
     from tunesmith.models import load_model, load_tokenizer
     from tunesmith.registry import hash_tree, mark_stage, read_manifest
-    from tunesmith.train.methods import PEFT_METHODS, load_adapter, output_dir_name
+    from tunesmith.train.methods import load_adapter, output_dir_name
 
     console = console or make_console()
     merge_fn = merge_fn or merge

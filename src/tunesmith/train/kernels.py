@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
+from tunesmith.method_traits import VIRTUAL_TOKEN_METHODS
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -56,7 +58,7 @@ def choose_attention(requested: str, device_type: str, precision: str, method: s
     16-bit only.
     """
     if requested == "auto":
-        if device_type != "cuda" or precision != "bf16" or method in ("prefix", "prompt"):
+        if device_type != "cuda" or precision != "bf16" or method in VIRTUAL_TOKEN_METHODS:
             return None
         from transformers.utils import is_flash_attn_2_available
 

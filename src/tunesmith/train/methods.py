@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import MethodConfig, TrainConfig
 from tunesmith.io import atomic_dir
+from tunesmith.method_traits import ENCODER_METHODS, LOW_RANK_METHODS, PEFT_METHODS
 from tunesmith.models import ModelError
 from tunesmith.train.prefix import adapt_peft_model
 
@@ -16,14 +17,6 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedTokenizerBase
 
-PEFT_METHODS = frozenset({"lora", "dora", "qlora", "prefix", "prompt", "ia3"})
-# Merging folds the adapter into the base weights, so evaluation decodes at base speed. qlora is left out:
-# merging into NF4 weights re-quantizes them, and the merged model is no longer the one that was trained.
-# prefix/prompt change the input, not the weights: there is nothing to merge.
-MERGEABLE = frozenset({"lora", "dora", "ia3"})
-# Methods whose forward differs from the base model's forward (virtual tokens): their loss must go through
-# PeftModel.forward, the decoder-only fast path would skip the virtual tokens.
-VIRTUAL_TOKEN_METHODS = frozenset({"prefix", "prompt"})
 
 QLORA_FIX = "needs a CUDA GPU and `pip install bitsandbytes`; use method.name: lora on CPU"
 
@@ -36,10 +29,6 @@ class ArchitectureError(MethodUnavailableError, ModelError):
     """The base model's architecture cannot train this objective or method (an encoder for `sft`): a
     configuration error (exit 2 where a method error is), and a model error to the commands that only
     read data."""
-
-
-# What an encoder (BERT family) base can train: a classifier, through its weights or an adapter on them.
-ENCODER_METHODS = ("full", "lora", "dora", "ia3")
 
 
 def check_base_model(method: MethodConfig, objective: str, model_path: str, model: str | None = None) -> None:
@@ -119,7 +108,7 @@ def peft_config(
     # SEQ_CLS also makes peft train and save the new classification head (`score`) in full.
     task = TaskType.SEQ_CLS if classification else TaskType.CAUSAL_LM
     target = method.target_modules
-    if method.name in ("lora", "dora", "qlora"):
+    if method.name in LOW_RANK_METHODS:
         return LoraConfig(
             r=method.r,
             lora_alpha=method.alpha,  # type: ignore[arg-type]  # peft annotates int; floats work

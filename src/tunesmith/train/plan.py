@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from tunesmith.data.tokenize import Encoded
 from tunesmith.io import default_threads
+from tunesmith.method_traits import LOW_RANK_METHODS, METHODS, VIRTUAL_TOKEN_METHODS, traits
 from tunesmith.train.precision import cpu_has_bf16
 from tunesmith.train.precision import resolve_precision as _resolve
 
@@ -45,8 +46,6 @@ if TYPE_CHECKING:
 
 GiB = 1024**3
 MEMORY_LIMIT_ENV = "TUNESMITH_MEMORY_LIMIT"
-METHODS = ("full", "lora", "dora", "qlora", "prefix", "prompt", "ia3")
-PEFT_PROMPT_METHODS = ("prefix", "prompt")
 QLORA_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit + 8-bit absmax per 64 + fp32 per 256 absmax
 
 
@@ -263,10 +262,10 @@ def _peft_config(spec: MethodSpec, classification: bool = False) -> Any:
     if spec.name not in METHODS or spec.name == "full":
         raise PlanError(f"unknown method {spec.name!r}; known: {', '.join(METHODS)}")
     options: dict[str, Any] = {"name": spec.name}
-    if spec.name in ("lora", "dora", "qlora"):
+    if spec.name in LOW_RANK_METHODS:
         tm = spec.target_modules if spec.target_modules == "all-linear" else list(spec.target_modules)
         options |= {"r": spec.r, "target_modules": tm, "dropout": spec.dropout}
-    elif spec.name in ("prefix", "prompt"):
+    elif spec.name in VIRTUAL_TOKEN_METHODS:
         options["num_virtual_tokens"] = spec.num_virtual_tokens
     return peft_config(MethodConfig(**options), classification=classification)
 
@@ -321,7 +320,7 @@ def count_params(model_path: str, spec: MethodSpec, num_labels: int = 2) -> tupl
     head = model.get_output_embeddings()
     first = next(m for m in model.modules() if isinstance(m, nn.ModuleList))[0]
     adapter_width = adapted_out = 0
-    if spec.name in ("lora", "dora", "qlora"):
+    if spec.name in LOW_RANK_METHODS:
         mod: Any
         for mod in first.modules():
             a = getattr(mod, "lora_A", None)
@@ -457,7 +456,7 @@ def estimate_memory(
 ) -> MemoryPlan:
     frozen = params.total - params.trainable
     # ---- weights
-    if method == "qlora":
+    if traits(method).quantized_base:
         weights = QLORA_BYTES_PER_PARAM * params.linear + 4 * (frozen - params.linear) + 4 * params.trainable
     else:
         weights = 4 * params.total
@@ -639,7 +638,7 @@ def make_plan(
     loss_positions = sum(sorted(stats.loss_tokens, reverse=True)[: tc.batch_size]) or tc.batch_size * seq
     batch = min(tc.batch_size, max(len(stats.lengths), 1))
     fw = framework_bytes if framework_bytes is not None else (process_rss() if device.kind == "cpu" else 0)
-    virtual = spec.num_virtual_tokens if spec.name in PEFT_PROMPT_METHODS else 0
+    virtual = spec.num_virtual_tokens if spec.name in VIRTUAL_TOKEN_METHODS else 0
 
     def memory(ckpt: bool) -> MemoryPlan:
         return estimate_memory(
@@ -838,7 +837,6 @@ def plans_json(plans: Sequence[Plan]) -> str:
 
 __all__ = [
     "GPU_CHOICES",
-    "METHODS",
     "DataStats",
     "Device",
     "MemoryPlan",

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig
+from tunesmith.method_traits import LOW_RANK_METHODS
 
 LORA_LR = 1e-3
 LORA_LR_LARGE = 2e-4
@@ -99,7 +100,7 @@ def derive(cfg: RunConfig, model_path: str, train_lengths: list[int]) -> Recipe:
         params = approx_params(model_path)
         large = params is not None and params >= LARGE_MODEL
         size = "unknown size" if params is None else f"~{params / 1e6:,.0f}M parameters"
-        if method in ("lora", "dora", "qlora"):
+        if method in LOW_RANK_METHODS:
             lr = LORA_LR_LARGE if large else LORA_LR
             out.append(Choice("lr", lr, f"{method} on a base of {size}"))
         elif method == "ia3":

@@ -18,6 +18,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any, cast
 
+from tunesmith.method_traits import SHARDABLE_METHODS
 from tunesmith.train.batching import SHARDED_LOSS_LOGITS, decoder_head_logits
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 # Methods sharding is tested with; the others change the forward (prefix, prompt) or the weights' storage
 # (qlora's 4-bit base) in ways FSDP does not shard.
-SHARDABLE_METHODS = frozenset({"full", "lora", "dora", "ia3"})
 SHARDABLE_OBJECTIVES = frozenset({"sft", "pretrain"})
 
 
@@ -206,7 +206,6 @@ def clip_grad_norm(params: list[Any], max_norm: float) -> float:
 
 
 __all__ = [
-    "SHARDABLE_METHODS",
     "SHARDABLE_OBJECTIVES",
     "check_sharding",
     "clip_grad_norm",

@@ -23,15 +23,16 @@ from tunesmith.config import (
     TuneRange,
     validate_config,
 )
+from tunesmith.method_traits import LOW_RANK_METHODS, PEFT_METHODS, VIRTUAL_TOKEN_METHODS
 from tunesmith.models import builtin_installed, spec_is_encoder
-from tunesmith.train.methods import HEAD_LR_RATIO, PEFT_METHODS
+from tunesmith.train.methods import HEAD_LR_RATIO
 
 if TYPE_CHECKING:
     import optuna
 
     from tunesmith.data.formats import Example
 
-LORA_FAMILY = ("lora", "dora", "qlora")
+LORA_FAMILY = LOW_RANK_METHODS
 # Methods the default space chooses among when the config names one of them (prefix/prompt/ia3 want other
 # learning rates; qlora needs CUDA): a `tune.space` list may name any peft method.
 DEFAULT_METHODS = ("lora", "dora")
@@ -249,7 +250,7 @@ def classify_fits(cfg: RunConfig) -> list[str]:
         why.append(f"targets on {', '.join(other)}, which classify does not compute")
     if cfg.train.packing:
         why.append("train.packing is on (sft only)")
-    if cfg.method.name in ("prefix", "prompt"):
+    if cfg.method.name in VIRTUAL_TOKEN_METHODS:
         why.append(f"method {cfg.method.name}")
     return why
 
