@@ -21,6 +21,7 @@ from tunesmith.data.pipeline import (
     Split,
     encode_split,
     prepare,
+    read_class_labels,
     read_prepared_examples,
     read_splits,
     write_prepared,
@@ -230,7 +231,7 @@ def _train_stage(
         mark_stage(run_dir, "train", "running")
     try:
         choose_training_heap(cfg, model_path, data, plan, console)
-        base = _load_base(cfg, model_path, data.preflight.get("class_labels"))
+        base = _load_base(cfg, model_path, data.class_labels)
         tuned, result = train(
             cfg,
             data,
@@ -277,7 +278,7 @@ def load_prepared(run_dir: Path, cfg: RunConfig, tok: Any) -> PreparedData:
         if issues:
             raise DataError(issues)
         splits.append(Split(kept, encoded))
-    return PreparedData(splits[0], splits[1], splits[2], preflight)
+    return PreparedData.from_preflight(splits[0], splits[1], splits[2], preflight)
 
 
 def find_unfinished(cfg: RunConfig, stage: str) -> Path:
@@ -445,7 +446,7 @@ def _evaluate(
     `split` and `out_dir` (default run_dir/eval): `tune` scores a trial on val into its own folder, with
     `base_pass` False: generation then skips the base and the unconstrained passes (a forward pass over the
     held-out items is cheap, so classify and pretrain keep theirs)."""
-    load_base = _base_loader(cfg, model_path, model.device, data.preflight.get("class_labels"))
+    load_base = _base_loader(cfg, model_path, model.device, data.class_labels)
     if cfg.train.objective in ("classify", "pretrain"):
         return evaluate_heldout(
             cfg, run_dir, model, tok, data, load_base=load_base, console=console, split=split, out_dir=out_dir
@@ -476,7 +477,7 @@ def load_trained(run_dir: Path, cfg: RunConfig, manifest: dict[str, Any]) -> tup
         if not (saved / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{saved} has no adapter; run `tunesmith train` first")
         tok = load_tokenizer(str(saved))
-        labels = _preflight(run_dir).get("class_labels")
+        labels = read_class_labels(run_dir / "data")
         model = load_adapter(_load_base(cfg, manifest["model_path"], labels), saved)
     else:
         if not (saved / "config.json").is_file():

@@ -146,7 +146,7 @@ def load(key: str) -> PreparedData | None:
                 ]
             splits[name] = Split(examples, encoded)
     preflight["cache"] = {"hit": True, "key": key, "dir": str(target)}
-    return PreparedData(splits["train"], splits["val"], splits["test"], preflight)
+    return PreparedData.from_preflight(splits["train"], splits["val"], splits["test"], preflight)
 
 
 __all__ = ["cache_dir", "cache_key", "load", "save"]

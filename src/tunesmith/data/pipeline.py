@@ -56,7 +56,29 @@ class PreparedData:
     train: Split
     val: Split
     test: Split
-    preflight: dict[str, Any]
+    preflight: dict[str, Any]  # the pre-flight report, for people and pages (preflight.json, preflight.html)
+    stop_token_ids: list[int]  # the tokens that end an answer, as trained
+    class_labels: list[
+        str
+    ]  # classify: each class id's label (the head's outputs); empty for other objectives
+
+    @classmethod
+    def from_preflight(cls, train: Split, val: Split, test: Split, preflight: dict[str, Any]) -> PreparedData:
+        """Splits read back (data cache, a run's data/), with the fields their preflight.json recorded."""
+        return cls(
+            train,
+            val,
+            test,
+            preflight,
+            [int(t) for t in preflight["stop_token_ids"]],
+            list(preflight.get("class_labels") or []),
+        )
+
+
+def read_class_labels(data_dir: Path) -> list[str]:
+    """A run's class labels by class id, from the preflight.json its data stage wrote (empty: no classifier)."""
+    preflight = json.loads((data_dir / "preflight.json").read_text(encoding="utf-8"))
+    return list(preflight.get("class_labels") or [])
 
 
 @dataclass
@@ -293,7 +315,7 @@ def prepare(
         "answer_space": _answer_space(cfg, splits["train"].examples).as_dict(),
         **cs.report,
     }
-    return PreparedData(splits["train"], splits["val"], splits["test"], preflight)
+    return PreparedData(splits["train"], splits["val"], splits["test"], preflight, list(stops), class_labels)
 
 
 def _answer_space(cfg: RunConfig, train: list[Example]) -> AnswerSpace:

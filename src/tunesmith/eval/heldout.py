@@ -144,7 +144,7 @@ def _evaluate_heldout(
     preds: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
     if objective == "classify":
-        names: list[str] = data.preflight["class_labels"]
+        names = data.class_labels
         with _base_of(model, load_base) as base:
             base_p = _class_probs(base, items, bs, pad_id, advancer("base"))
         tuned_p = _class_probs(model, items, bs, pad_id, advancer("tuned"))

@@ -246,10 +246,9 @@ class Engine:
 
 def _class_labels(run_dir: Path) -> list[str]:
     """The labels a classifier run trained, by class id (its pre-flight's `class_labels`)."""
-    import json
+    from tunesmith.data.pipeline import read_class_labels
 
-    pre = json.loads((run_dir / "data" / "preflight.json").read_text(encoding="utf-8"))
-    labels = pre.get("class_labels") or []
+    labels = read_class_labels(run_dir / "data")
     if not labels:
         raise ServeError(
             f"run {run_dir.name} is a classifier without labels in its pre-flight: train it again"

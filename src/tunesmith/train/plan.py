@@ -366,7 +366,7 @@ class DataStats:
         return cls(
             tuple(len(e.input_ids) for e in enc),
             tuple(loss_tokens(e) for e in enc),
-            len(data.preflight.get("class_labels") or []),
+            len(data.class_labels),
         )
 
 
