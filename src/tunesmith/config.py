@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from tunesmith.method_traits import LOW_RANK_METHODS, VIRTUAL_TOKEN_METHODS, MethodName
+from tunesmith.method_traits import LOW_RANK_METHODS, SHARDABLE_METHODS, VIRTUAL_TOKEN_METHODS, MethodName
 
 
 class _Strict(BaseModel):
@@ -278,6 +278,9 @@ class DataConfig(_Strict):
         return v
 
 
+# What train.sharding: fsdp shards: the token objectives (DPO's reference pass and the classify head are not
+# wired through the sharded forward).
+SHARDABLE_OBJECTIVES = ("sft", "pretrain")
 # Which methods read each option; a non-default value under any other method would be silently ignored.
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
     "r": LOW_RANK_METHODS,
@@ -813,6 +816,36 @@ class RunConfig(_Strict):
         base = Path((info.context or {}).get("base_dir", "."))
         p = Path(v).expanduser()
         return str((p if p.is_absolute() else base / p).resolve())
+
+    @model_validator(mode="after")
+    def _sharding_fits(self) -> RunConfig:
+        """train.sharding: fsdp with what it cannot shard. Checked here, before any weights load; with one
+        process fsdp is ignored, but a config that names both is refused the same everywhere."""
+        tc = self.train
+        if tc.sharding != "fsdp":
+            return self
+        keep = "data-parallel with a full copy per process"
+        if self.method.name not in SHARDABLE_METHODS:
+            raise ValueError(
+                f"train.sharding: fsdp does not support method.name: {self.method.name} (supported: "
+                f"{', '.join(SHARDABLE_METHODS)}); set train.sharding: none to train it {keep}"
+            )
+        if tc.objective not in SHARDABLE_OBJECTIVES:
+            raise ValueError(
+                f"train.sharding: fsdp does not support train.objective: {tc.objective} (supported: "
+                f"{', '.join(SHARDABLE_OBJECTIVES)}); set train.sharding: none to train it {keep}"
+            )
+        if tc.compile:
+            raise ValueError(
+                "train.compile with train.sharding: fsdp is not supported; set train.compile: false to shard, "
+                "or train.sharding: none to compile"
+            )
+        if tc.kernels == "liger":
+            raise ValueError(
+                "train.kernels: liger with train.sharding: fsdp is not supported; set train.kernels: none to shard, "
+                "or train.sharding: none to use the kernels"
+            )
+        return self
 
     @model_validator(mode="after")
     def _packing_fits(self) -> RunConfig:

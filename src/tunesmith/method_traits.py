@@ -20,7 +20,9 @@ class MethodTraits:
     # Folds into the base weights for export and fast eval. qlora is not: merging into NF4 weights
     # re-quantizes them, so the merged model is no longer the one that was trained.
     mergeable: bool
-    shardable: bool  # trains under FSDP (train.sharding: fsdp)
+    # Trains under FSDP (train.sharding: fsdp); prefix/prompt change the forward and qlora the weights'
+    # storage (a 4-bit base) in ways FSDP does not shard.
+    shardable: bool
     encoder: bool  # trains a BERT-family encoder (classify)
     quantized_base: bool  # the base is loaded in 4 bits (CUDA + bitsandbytes)
 

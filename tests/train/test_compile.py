@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from tunesmith.config import load_config
+from tunesmith.config import ConfigError, load_config
 from tunesmith.data.pipeline import prepare
 from tunesmith.models import load_model
-from tunesmith.train.loop import compile_decoder, train
+from tunesmith.train.loop import train
 
 
 def _losses(run_dir: Path) -> list[float]:
@@ -42,6 +42,5 @@ def test_compiled_decoder_follows_the_eager_loss_curve(
 
 
 def test_compile_with_fsdp_is_refused_with_the_fix(toy_config: Path) -> None:
-    model = load_model(load_config(toy_config).model)
-    with pytest.raises(ValueError, match="train.compile"):
-        compile_decoder(model, sharded=True)
+    with pytest.raises(ConfigError, match="train.compile with train.sharding: fsdp"):
+        load_config(toy_config, ["train.compile=true", "train.sharding=fsdp"])

@@ -10,13 +10,13 @@ import pytest
 import torch
 import yaml
 
-from tunesmith.config import MethodConfig, load_config
+from tunesmith.config import ConfigError, MethodConfig, load_config
 from tunesmith.data.pipeline import prepare
 from tunesmith.models import load_model
 from tunesmith.train.batching import accumulate_step
 from tunesmith.train.checkpoint import TrainState, latest_checkpoint, save_checkpoint
 from tunesmith.train.methods import apply_method
-from tunesmith.train.sharding import check_sharding, decoder_layers, load_checkpoint_weights
+from tunesmith.train.sharding import decoder_layers, load_checkpoint_weights
 
 
 def test_lockstep_runs_a_zero_weighted_pass_for_an_empty_share(toy_config: Path, tokenizer: Any) -> None:
@@ -60,22 +60,26 @@ def test_lockstep_runs_a_zero_weighted_pass_for_an_empty_share(toy_config: Path,
         ({"method": {"name": "qlora"}}, "method.name: qlora"),
         ({"train": {"objective": "dpo"}}, "train.objective: dpo"),
         ({"train": {"objective": "classify"}}, "train.objective: classify"),
+        ({"train": {"compile": True}}, "train.compile"),
+        ({"train": {"kernels": "liger"}}, "train.kernels: liger"),
     ],
 )
 def test_unsupported_sharded_configs_name_the_key_and_the_fix(
     toy_config: Path, change: dict[str, Any], key: str
 ) -> None:
+    """Refused by config validation (exit 2), before any weights load."""
     raw = yaml.safe_load(toy_config.read_text())
     for section, values in change.items():
         raw[section] = values if section == "method" else {**raw[section], **values}
     raw["train"]["sharding"] = "fsdp"
     toy_config.write_text(yaml.safe_dump(raw))
-    cfg = load_config(toy_config)
-    with pytest.raises(ValueError, match="train.sharding: fsdp") as err:
-        check_sharding(cfg)
+    with pytest.raises(ConfigError, match="train.sharding: fsdp") as err:
+        load_config(toy_config)
     assert key in str(err.value) and "train.sharding: none" in str(err.value)
-    # Not sharded: nothing to check.
-    check_sharding(cfg.model_copy(update={"train": cfg.train.model_copy(update={"sharding": "none"})}))
+    # Not sharded: nothing to refuse.
+    raw["train"]["sharding"] = "none"
+    toy_config.write_text(yaml.safe_dump(raw))
+    load_config(toy_config)
 
 
 def test_sharding_defaults_to_none_and_rejects_unknown_values(toy_config: Path) -> None:

@@ -26,6 +26,7 @@ FIXES: dict[str, str] = {
     "too_long": "raise train.max_length or shorten the example; a row or file of many MiB is no example: "
     "check that this is the file you meant",
     "too_few": "fine-tuning needs at least 10 examples; 100+ is better",
+    "no_val": "add data, raise data.split.val, give data.val files, or set train.early_stopping: false",
     "bad_csv": "every row needs as many cells as the header; quote cells that contain the delimiter",
     "bad_file": "use a readable file of a supported type (JSONL, JSON, CSV/TSV, Parquet, .txt/.md, a datasets folder)",
     "degenerate": "remove the example or fix the answer",

@@ -278,6 +278,12 @@ def prepare(
     if issues:
         raise DataError(issues)
     issues += check_count(splits["train"].examples, "train split")
+    if cfg.train.early_stopping and not splits["val"].encoded:
+        # Config validation saw a val share or val files; after cleaning and splitting none is left.
+        where = ", ".join(cfg.data.val) if cfg.data.val else f"data.split.val {cfg.data.split.val}"
+        issues.append(
+            DataIssue(where, 0, "", "train.early_stopping needs validation examples; none are left", "no_val")
+        )
     if issues:
         raise DataError(issues)
 

@@ -267,6 +267,30 @@ def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     )
 
 
+class TokenObjective:
+    """sft and pretrain: summed token cross-entropy, averaged per token under the loss.
+
+    It owns the token loss's two training paths: `packed` (several examples per row, attention kept within
+    each, train.packing) and `fused` (Liger's fused linear cross-entropy, train.kernels: liger). `fast`
+    computes the output head only at positions under the loss."""
+
+    name = "sft"
+
+    def __init__(self, packed: bool = False, fused: bool = False, fast: bool = True, name: str = "sft"):
+        self.packed, self.fused, self.fast, self.name = packed, fused, fast, name
+
+    def units(self, chunk: Sequence[Any]) -> int:
+        return loss_tokens(chunk)
+
+    def collate(self, chunk: Sequence[Any], pad_id: int) -> dict[str, torch.Tensor]:
+        return collate_packed(chunk, pad_id) if self.packed else collate(chunk, pad_id)
+
+    def loss_sum(
+        self, model: nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        return token_loss_sum(model, batch, fast=self.fast, fused=self.fused), {}
+
+
 @dataclass(frozen=True)
 class StepStats:
     loss: float  # mean loss per token under the loss, over the whole optimizer step
@@ -304,7 +328,9 @@ def accumulate_step(
     empty runs the micro-batch's first example with its loss multiplied by 0: zero gradients, nothing
     counted. Without it, such a process skips the micro-batch.
     """
-    n_units = sum(objective.units(c) if objective else loss_tokens(c) for c in chunks)
+    if objective is None:  # the token loss, with its paths
+        objective = TokenObjective(packed=packed, fused=fused, fast=fast)
+    n_units = sum(objective.units(c) for c in chunks)
     rank, world = shard
     step_loss = 0.0
     step_tokens = 0
@@ -315,14 +341,10 @@ def accumulate_step(
             if not lockstep:
                 continue
             chunk, weight = full[:1], 0.0
-        if objective is None:
-            batch = collate_packed(chunk, pad_id) if packed else collate(chunk, pad_id)
-            loss_sum = token_loss_sum(model, batch, fast=fast, fused=fused)
-        else:
-            batch = objective.collate(chunk, pad_id)
-            loss_sum, st = objective.loss_sum(model, batch)
-            for k, v in st.items():
-                stats[k] = stats.get(k, 0.0) + weight * v / max(n_units, 1)
+        batch = objective.collate(chunk, pad_id)
+        loss_sum, st = objective.loss_sum(model, batch)
+        for k, v in st.items():
+            stats[k] = stats.get(k, 0.0) + weight * v / max(n_units, 1)
         loss = loss_sum * weight / max(n_units, 1)
         backward(loss)
         if weight:

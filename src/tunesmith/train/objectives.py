@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.data.tokenize import ClassEncoded, PairEncoded
-from tunesmith.train.batching import collate, loss_tokens, sequence_logps, token_loss_sum
+from tunesmith.train.batching import TokenObjective, collate, sequence_logps
 
 if TYPE_CHECKING:
     import torch
@@ -30,23 +30,6 @@ if TYPE_CHECKING:
 
 
 # ----------------------------------------------------------------------------------------- objectives
-class TokenObjective:
-    """sft and pretrain: summed token cross-entropy, averaged per token under the loss."""
-
-    name = "sft"
-
-    def units(self, chunk: Sequence[Any]) -> int:
-        return loss_tokens(chunk)
-
-    def collate(self, chunk: Sequence[Any], pad_id: int) -> dict[str, torch.Tensor]:
-        return collate(chunk, pad_id)
-
-    def loss_sum(
-        self, model: nn.Module, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        return token_loss_sum(model, batch), {}
-
-
 @contextlib.contextmanager
 def _adapter_disabled(model: nn.Module) -> Iterator[None]:
     disable = getattr(model, "disable_adapter", None)
@@ -157,14 +140,15 @@ class ClassifyObjective:
 Objective = TokenObjective | DPOObjective | ClassifyObjective
 
 
-def make_objective(name: str, model: nn.Module, beta: float = 0.1) -> Objective:
+def make_objective(
+    name: str, model: nn.Module, beta: float = 0.1, packed: bool = False, fused: bool = False
+) -> Objective:
+    """The training objective; `packed` and `fused` are the token objective's paths (sft, pretrain)."""
     if name == "dpo":
         return DPOObjective.for_model(model, beta)
     if name == "classify":
         return ClassifyObjective()
-    obj = TokenObjective()
-    obj.name = name
-    return obj
+    return TokenObjective(packed=packed, fused=fused, name=name)
 
 
 def mean_loss(

@@ -18,37 +18,13 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any, cast
 
-from tunesmith.method_traits import SHARDABLE_METHODS
 from tunesmith.train.batching import SHARDED_LOSS_LOGITS, decoder_head_logits
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from tunesmith.config import RunConfig
     from tunesmith.train.checkpoint import Checkpoint
-
-# Methods sharding is tested with; the others change the forward (prefix, prompt) or the weights' storage
-# (qlora's 4-bit base) in ways FSDP does not shard.
-SHARDABLE_OBJECTIVES = frozenset({"sft", "pretrain"})
-
-
-def check_sharding(cfg: RunConfig) -> None:
-    """Fail before any model work when `train.sharding: fsdp` cannot run this config."""
-    if cfg.train.sharding != "fsdp":
-        return
-    if cfg.method.name not in SHARDABLE_METHODS:
-        raise ValueError(
-            f"train.sharding: fsdp does not support method.name: {cfg.method.name} "
-            f"(supported: {', '.join(sorted(SHARDABLE_METHODS))}); set train.sharding: none to train it "
-            "data-parallel with a full copy per process"
-        )
-    if cfg.train.objective not in SHARDABLE_OBJECTIVES:
-        raise ValueError(
-            f"train.sharding: fsdp does not support train.objective: {cfg.train.objective} "
-            f"(supported: {', '.join(sorted(SHARDABLE_OBJECTIVES))}); set train.sharding: none to train it "
-            "data-parallel with a full copy per process"
-        )
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -206,8 +182,6 @@ def clip_grad_norm(params: list[Any], max_norm: float) -> float:
 
 
 __all__ = [
-    "SHARDABLE_OBJECTIVES",
-    "check_sharding",
     "clip_grad_norm",
     "decoder_layers",
     "full_model_state",
