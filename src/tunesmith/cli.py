@@ -642,8 +642,10 @@ def runs_reindex(runs_dir: RunsDirOpt = RUNS_DIR_DEFAULT) -> None:
 @app.command("export")
 def export_cmd(
     run: Annotated[str, typer.Argument(help="Run id or run directory.")],
-    format: Annotated[str, typer.Option("--format", "-f", help="merged, adapter, gguf or vllm.")] = "merged",
-    quant: Annotated[str, typer.Option(help="GGUF weights: q8_0 or f16.")] = "q8_0",
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="merged, adapter, gguf, ollama or vllm.")
+    ] = "merged",
+    quant: Annotated[str, typer.Option(help="GGUF weights (gguf, ollama): q8_0 or f16.")] = "q8_0",
     prompts: Annotated[int, typer.Option(help="Test prompts the export is verified on.")] = 8,
     runs_dir: RunsDirOpt = RUNS_DIR_DEFAULT,
 ) -> None:

@@ -176,6 +176,10 @@ def hash_tree(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
 def mark_stage(run_dir: Path, stage: str, status: str, **extra: Any) -> dict[str, Any]:
     fields: dict[str, Any] = dict(extra)
     artifacts: dict[str, Any] = {}
@@ -195,7 +199,7 @@ def mark_stage(run_dir: Path, stage: str, status: str, **extra: Any) -> dict[str
         fields["targets_met"] = ev["targets_met"]
 
     def change(manifest: dict[str, Any]) -> None:
-        manifest["stages"][stage] = {"status": status, "at": datetime.now(UTC).isoformat(timespec="seconds")}
+        manifest["stages"][stage] = {"status": status, "at": utc_now()}
         manifest.update(fields)
         if stage == "train" and status == "done":
             manifest.setdefault("artifacts", {}).update(artifacts)

@@ -4,6 +4,7 @@ adapter or a wrong merge is caught."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -35,18 +36,32 @@ def test_merged_and_gguf_exports_are_verified(run_copy: Path) -> None:
     assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file()
     assert json.loads((merged / "export.json").read_text())["passed"]
 
-    # q8_0 here; f16 goes through the same writer and reader in the wrong-merge test below (reading a GGUF
-    # back through transformers parses its 49k-token vocabulary three times: ~10 s each on a busy machine).
-    report = export_run(run_copy, "gguf", quant="q8_0", n_prompts=3)
+    # q8_0 here, as the Ollama export (the GGUF plus a Modelfile); f16 goes through the same writer and reader
+    # in the wrong-merge test below as a plain GGUF (reading a GGUF back through transformers parses its
+    # 49k-token vocabulary three times: ~10 s each on a busy machine).
+    report = export_run(run_copy, "ollama", quant="q8_0", n_prompts=3)
     v = report["verification"]
     assert report["passed"], report["problems"]
     assert 0 < v["max_rel_diff"] <= v["tolerance"]["max_rel_diff"]
     assert report["tokenizer"] == {"prompts_tokenized_identically": 1.0, "chat_template_identical": True}
-    assert (run_copy / "export" / "gguf-q8_0" / report["file"]).is_file()
+    out = run_copy / "export" / "ollama"
+    assert (out / report["file"]).is_file()
+    # The Modelfile's TEMPLATE, run through Go's text/template as Ollama runs it, renders every test
+    # conversation exactly as training rendered it; the stop token is the one training ended answers with.
+    template = report["template"]
+    n = template["conversations"]
+    assert n > 10 and template["python_identical"] == n
+    if template["go_identical"] is None:
+        assert not os.environ.get("CI"), "CI installs golang-go (.ci/run): Go must render the TEMPLATE there"
+        pytest.skip(template["go_skipped"])
+    assert template["go_identical"] == n
+    text = (out / "Modelfile").read_text()
+    assert text.startswith(f'FROM ./{report["file"]}\nTEMPLATE """{{{{if and .Messages')
+    assert 'PARAMETER stop "<|im_end|>"' in text and template["stops"] == ["<|im_end|>"]
     manifest = read_manifest(run_copy)
-    assert set(manifest["exports"]) == {"merged", "gguf-q8_0"}
+    assert set(manifest["exports"]) == {"merged", "ollama"}
     assert manifest["stages"]["export"]["status"] == "done"
-    assert "export/gguf-q8_0" in manifest["artifacts"]
+    assert "export/ollama" in manifest["artifacts"]
 
 
 def test_adapter_and_vllm_exports(run_copy: Path) -> None:

@@ -16,7 +16,7 @@ from rich.console import Console
 from tunesmith.io import atomic_dir, atomic_write_json, atomic_write_text
 from tunesmith.progress import make_console
 
-FORMATS = ("merged", "adapter", "gguf", "vllm")
+FORMATS = ("merged", "adapter", "gguf", "ollama", "vllm")
 # vLLM's --max-lora-rank accepts these values (vllm/config/lora.py).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -131,6 +131,36 @@ def _write_vllm(tmp: Path, cfg: Any, manifest: dict[str, Any], run_dir: Path, to
     return cmd
 
 
+def _ollama_wrapping(tok: Any) -> Any:
+    from tunesmith.export.ollama import TemplateNotPortable, read_wrapping
+
+    try:
+        return read_wrapping(tok)
+    except TemplateNotPortable as e:
+        raise ExportError(
+            f"the run's chat template cannot be written as an Ollama TEMPLATE ({e}); export --format gguf and "
+            "write the Modelfile's TEMPLATE by hand, then check it with `ollama run`"
+        ) from e
+
+
+def _write_modelfile(
+    tmp: Path, fname: str, wrapping: Any, tok: Any, cfg: Any, test: list[Any], stops: list[int], name: str
+) -> dict[str, Any]:
+    """The Modelfile beside the GGUF, and the check of its TEMPLATE on the run's test conversations."""
+    from tunesmith.export.ollama import check_template, modelfile
+
+    stop_texts = list(dict.fromkeys(tok.convert_ids_to_tokens(stops)))
+    text = modelfile(fname, wrapping.go_template(), stop_texts, cfg.data.system_prompt)
+    atomic_write_text(tmp / "Modelfile", text)
+    conversations = [
+        [{"role": m["role"], "content": m["content"]} for m in ex.messages[:-1]] for ex in test if ex.messages
+    ]
+    report = check_template(tok, wrapping, conversations)
+    report["stops"] = stop_texts
+    report["command"] = f"ollama create {name} -f Modelfile && ollama run {name}"
+    return report
+
+
 def export_run(
     run_dir: Path,
     fmt: str,
@@ -151,7 +181,7 @@ def export_run(
     from tunesmith.export.verify import TOLERANCES, compare_models, probes
     from tunesmith.method_traits import PEFT_METHODS
     from tunesmith.models import load_model, load_tokenizer
-    from tunesmith.registry import hash_tree, mark_stage, read_manifest
+    from tunesmith.registry import edit_manifest, hash_tree, read_manifest, utc_now
     from tunesmith.train.methods import load_adapter, output_dir_name
 
     console = console or make_console()
@@ -168,6 +198,7 @@ def export_run(
     name = f"gguf-{quant}" if fmt == "gguf" else fmt
     served_name = manifest["id"]
     tok = load_tokenizer(str(run_dir / saved_name))
+    wrapping = _ollama_wrapping(tok) if fmt == "ollama" else None  # refused before any weights load
     report: dict[str, Any] = {
         "run": manifest["id"],
         "format": fmt,
@@ -209,6 +240,10 @@ def export_run(
             del merged
             gc.collect()
             report["file"] = fname
+            if wrapping is not None:
+                report["template"] = _write_modelfile(
+                    tmp, fname, wrapping, tok, cfg, test, stops, served_name
+                )
             # Read back through transformers' own GGUF loader: another implementation than the writer.
             exported = AutoModelForCausalLM.from_pretrained(str(tmp), gguf_file=fname, dtype=torch.float32)
             gguf_tok = AutoTokenizer.from_pretrained(str(tmp), gguf_file=fname)
@@ -232,13 +267,22 @@ def export_run(
         integrity = report["integrity"]
         if integrity["checked"] and not integrity["passed"]:
             problems.insert(0, f"{saved_name}/ changed since training: {', '.join(integrity['changed'])}")
+        template = report.get("template")
+        if template and template["python_identical"] < template["conversations"]:
+            problems.append(f"the Modelfile TEMPLATE renders test conversations differently: {template}")
+        if (
+            template
+            and template["go_identical"] is not None
+            and template["go_identical"] < template["conversations"]
+        ):
+            problems.append(f"Go's text/template renders the TEMPLATE differently from training: {template}")
         if tokenizer_check and not (
             tokenizer_check["prompts_tokenized_identically"] == 1.0
             and tokenizer_check["chat_template_identical"]
         ):
             problems.append(f"the GGUF tokenizer differs from the trained one: {tokenizer_check}")
         # fp32 exports must reproduce what the eval stage generated; GGUF is rounded, so this is reported only.
-        if agreement is not None and fmt != "gguf" and agreement["agreement"] < 0.75:
+        if agreement is not None and fmt not in ("gguf", "ollama") and agreement["agreement"] < 0.75:
             problems.append(
                 f"greedy answers match the eval stage's tuned answers on {agreement['agreement']:.0%} of prompts"
             )
@@ -254,16 +298,19 @@ def export_run(
         report["files"] = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         atomic_write_json(tmp / "export.json", report)
     (run_dir / "export" / f"{name}.failed.json").unlink(missing_ok=True)
-    manifest = read_manifest(run_dir)
-    exports = dict(manifest.get("exports") or {})
-    exports[name] = {
+    entry = {
         "path": f"export/{name}",
         "max_abs_diff": report["verification"]["max_abs_diff"],
         "max_rel_diff": report["verification"]["max_rel_diff"],
         "top1_agreement": report["verification"]["top1_agreement"],
         "greedy_agreement": report["verification"]["greedy_agreement"],
     }
-    artifacts = dict(manifest.get("artifacts") or {})
-    artifacts[f"export/{name}"] = {"path": f"export/{name}", "sha256": hash_tree(run_dir / "export" / name)}
-    mark_stage(run_dir, "export", "done", exports=exports, artifacts=artifacts)
+    hashes = {"path": f"export/{name}", "sha256": hash_tree(run_dir / "export" / name)}
+
+    def record(manifest: dict[str, Any]) -> None:  # inside the registry lock: other exports are kept
+        manifest.setdefault("exports", {})[name] = entry
+        manifest.setdefault("artifacts", {})[f"export/{name}"] = hashes
+        manifest["stages"]["export"] = {"status": "done", "at": utc_now()}
+
+    edit_manifest(run_dir, record)
     return report
