@@ -139,9 +139,9 @@ def test_real_smollm2_few_steps_end_to_end(tmp_path: Path) -> None:
     cfg["runs_dir"] = str(tmp_path / "runs")
     cfg["train"].update(max_steps=2, batch_size=2, eval_every=2)
     cfg["data"]["split"] = {"val": 0.01, "test": 0.2, "seed": 0}
-    # The product's eval batch (16): the forgetting probe's 52 questions, base and tuned, are most of this
-    # test's time, and 4 per batch took 27 s more.
-    cfg["eval"].update(limit=4, max_new_tokens=8, batch_size=16)
+    # The forgetting probe (52 questions, base and tuned) was most of this test's time; its pipeline is tested
+    # on the tiny model (tests/eval), so here the real model's test prompts alone are scored.
+    cfg["eval"].update(limit=4, max_new_tokens=8, batch_size=16, forgetting_probe=False)
     cfg["targets"] = {}
     path = tmp_path / "tunesmith.yaml"
     path.write_text(yaml.safe_dump(cfg))
