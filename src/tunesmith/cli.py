@@ -100,7 +100,8 @@ def run(config: ConfigArg, overrides: OverridesArg = None, resume: ResumeOpt = F
     except (PlanError, PrecisionError) as e:
         raise _fail(e, 3) from None
     if not outcome.targets_met:
-        console.print(f"[red bold]targets missed:[/red bold] {', '.join(outcome.eval['failed_targets'])}")  # type: ignore[index]
+        failed = outcome.eval.failed_targets if outcome.eval else []
+        console.print(f"[red bold]targets missed:[/red bold] {', '.join(failed)}")
         raise typer.Exit(1)
 
 

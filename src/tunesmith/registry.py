@@ -25,6 +25,7 @@ import yaml
 
 from tunesmith import __version__
 from tunesmith.config import RunConfig
+from tunesmith.eval.result import has_eval, read_eval
 from tunesmith.io import atomic_write_json, atomic_write_text, sqlite_write
 
 
@@ -189,14 +190,13 @@ def mark_stage(run_dir: Path, stage: str, status: str, **extra: Any) -> dict[str
         for name in ("adapter", "model"):
             if (run_dir / name).is_dir():
                 artifacts[name] = {"path": name, "sha256": hash_tree(run_dir / name)}
-    if stage == "eval" and status == "done" and (run_dir / "eval" / "eval.json").is_file():
-        ev = json.loads((run_dir / "eval" / "eval.json").read_text(encoding="utf-8"))
+    if stage == "eval" and status == "done" and has_eval(run_dir / "eval"):
+        ev = read_eval(run_dir / "eval")
         fields["metrics"] = {
-            r["metric"]: {k: r[k] for k in ("base", "tuned", "delta", "status") if k in r}
-            for r in ev["metrics"]
+            r["metric"]: {k: r[k] for k in ("base", "tuned", "delta", "status") if k in r} for r in ev.metrics
         }
-        fields["primary_metric"] = ev["primary_metric"]
-        fields["targets_met"] = ev["targets_met"]
+        fields["primary_metric"] = ev.primary_metric
+        fields["targets_met"] = ev.targets_met
 
     def change(manifest: dict[str, Any]) -> None:
         manifest["stages"][stage] = {"status": status, "at": utc_now()}

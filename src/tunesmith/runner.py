@@ -30,6 +30,7 @@ from tunesmith.data.report import print_preflight, write_preflight_html
 from tunesmith.eval.evaluate import evaluate
 from tunesmith.eval.heldout import evaluate_heldout
 from tunesmith.eval.report import build_report
+from tunesmith.eval.result import EvalResult
 from tunesmith.export import ExportError, export_run
 from tunesmith.method_traits import PEFT_METHODS, traits
 from tunesmith.models import (
@@ -55,11 +56,11 @@ from tunesmith.train.recipe import derive as derive_recipe
 @dataclass
 class RunOutcome:
     run_dir: Path
-    eval: dict[str, Any] | None
+    eval: EvalResult | None
 
     @property
     def targets_met(self) -> bool:
-        return bool(self.eval is None or self.eval["targets_met"])
+        return self.eval is None or self.eval.targets_met
 
 
 def resolve_base(cfg: RunConfig, merge: bool) -> str:
@@ -369,7 +370,7 @@ def evaluate_trained(
     split: str = "test",
     out_dir: Path | None = None,
     base_pass: bool = True,
-) -> dict[str, Any]:
+) -> EvalResult:
     """The eval stage's scores of a model trained in this process, on `split`, into `out_dir`;
     `base_pass` False (a tune trial): the tuned model's answers only (evaluate)."""
     return _evaluate(
@@ -441,7 +442,7 @@ def _evaluate(
     split: str = "test",
     out_dir: Path | None = None,
     base_pass: bool = True,
-) -> dict[str, Any]:
+) -> EvalResult:
     """Generation eval for sft/dpo; label probabilities (classify) or held-out loss (pretrain) otherwise.
     `split` and `out_dir` (default run_dir/eval): `tune` scores a trial on val into its own folder, with
     `base_pass` False: generation then skips the base and the unconstrained passes (a forward pass over the
@@ -504,14 +505,14 @@ def eval_run(run_dir: Path, console: Console) -> RunOutcome:
     return RunOutcome(run_dir, ev)
 
 
-def print_eval(ev: dict[str, Any], console: Console) -> None:
-    t = Table(title=f"base vs tuned on {ev['n_examples']} held-out examples", title_justify="left")
+def print_eval(ev: EvalResult, console: Console) -> None:
+    t = Table(title=f"base vs tuned on {ev.n_examples} held-out examples", title_justify="left")
     for col in ("metric", "base", "tuned", "delta (rel) [95% CI]", "McNemar p", "target", "status"):
         t.add_column(col)
-    for r in ev["metrics"]:
+    for r in ev.metrics:
         lo, hi = r["delta_ci"]
         style = {"PASS": "green", "FAIL": "red", "UNCERTAIN": "yellow"}.get(r["status"] or "", "")
-        name = r["metric"] + (" *" if r["metric"] == ev["primary_metric"] else "")
+        name = r["metric"] + (" *" if r["metric"] == ev.primary_metric else "")
         t.add_row(
             name,
             f"{r['base']:.3f}",
@@ -524,7 +525,7 @@ def print_eval(ev: dict[str, Any], console: Console) -> None:
             f"[{style}]{r['status']}[/{style}]" if r["status"] else "",
         )
     console.print(t)
-    if c := ev.get("constrained"):
+    if c := ev.sections.get("constrained"):
         line = f"decoded inside {c['answer_space']}"
         if free := c.get("invalid_share_unconstrained"):
             line += (

@@ -18,6 +18,7 @@ import yaml
 
 from helpers import make_label_rows, run_dirs, write_jsonl
 from tunesmith.config import MethodConfig, TrainConfig, validate_config
+from tunesmith.eval.result import EvalResult
 from tunesmith.models import ModelError, is_encoder, load_classifier, load_tokenizer, resolve_model
 from tunesmith.train.plan import DataStats, Device, make_plan
 
@@ -239,8 +240,10 @@ def test_plan_of_an_encoder_counts_what_training_trains(
 # ------------------------------------------------------------------------------------------ train, save, eval
 
 
-def _metric(ev: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(r for r in ev["metrics"] if r["metric"] == name)
+def _metric(ev: EvalResult, name: str) -> dict[str, Any]:
+    row = ev.row(name)
+    assert row is not None, name
+    return row
 
 
 # The head learns at 10x the rate of the rest (the default ratio, stated here so the test keeps it).
@@ -265,7 +268,7 @@ def test_encoder_trains_saves_and_evaluates_again(
     val_before = manifest["train"]["val_before"]["loss"]
     assert 1.2 < val_before < 1.6 and last["val_loss"] < val_before - 0.05, (val_before, last)
     ev = outcome.eval
-    assert ev is not None and ev["objective"] == "classify" and ev["n_examples"] > 0
+    assert ev is not None and ev.sections["objective"] == "classify" and ev.n_examples > 0
     pred = json.loads((run / "eval" / "predictions.jsonl").read_text().splitlines()[0])
     assert sorted(pred["tuned_probabilities"]) == LABELS
     assert abs(sum(pred["tuned_probabilities"].values()) - 1) < 1e-3
@@ -286,5 +289,5 @@ def test_encoder_trains_saves_and_evaluates_again(
     # `tunesmith eval RUN_DIR`: from the saved model/adapter, the same scores (the same untrained base head
     # too: it comes from the run's seed).
     again = eval_run(run, Console(quiet=True))
-    assert again.eval is not None and again.eval["metrics"] == ev["metrics"]
+    assert again.eval is not None and again.eval.metrics == ev.metrics
     assert run_dirs(tmp_path / "runs") == [run]

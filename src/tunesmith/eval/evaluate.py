@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import statistics
@@ -26,7 +27,8 @@ from tunesmith.eval.generate import Generation, PromptTuned, generate
 from tunesmith.eval.hallucination import unsupported_spans
 from tunesmith.eval.metrics import score_all
 from tunesmith.eval.perplexity import perplexity, sequence_nll, text_windows
-from tunesmith.io import atomic_write_json, atomic_write_text
+from tunesmith.eval.result import EvalResult, read_eval, write_eval
+from tunesmith.io import atomic_write_text
 from tunesmith.method_traits import MERGEABLE_METHODS, PEFT_METHODS
 from tunesmith.progress import make_console, stage_progress
 
@@ -88,7 +90,7 @@ def evaluate(
     answers: AnswerSpace = FREE,
     base_pass: bool = True,
     unconstrained_pass: bool = True,
-) -> dict[str, Any]:
+) -> EvalResult:
     """Base and tuned `model` generate on the same test prompts; results go to `out_dir` (default
     run_dir/eval; `tune` scores its trials on the val split into another folder).
 
@@ -255,7 +257,7 @@ def evaluate(
     kept_review = None
     old_preds, old_eval = out_dir / "predictions.jsonl", out_dir / "eval.json"
     if old_eval.is_file() and old_preds.is_file() and old_preds.read_text(encoding="utf-8") == preds_text:
-        kept_review = json.loads(old_eval.read_text(encoding="utf-8")).get("review")
+        kept_review = read_eval(old_eval).sections.get("review")
     atomic_write_text(out_dir / "predictions.jsonl", preds_text)
     warnings: list[str] = []
     if ec.forgetting_probe:
@@ -275,37 +277,35 @@ def evaluate(
     for w in warnings:
         console.print(f"[yellow bold]warning:[/yellow bold] {w}", highlight=False)
     failed = [r.metric for r in rows if r.status == "FAIL"]
-    result = {
-        "n_examples": len(examples),
-        "primary_metric": ec.primary,
-        "metrics": [r.as_dict() for r in rows],
-        "speed": {
-            "base": _speed(outputs["base"].gens, outputs["base"].single),
-            "tuned": _speed(outputs["tuned"].gens, outputs["tuned"].single),
-        },
-        **result_extra,
-        **({"review": kept_review} if kept_review else {}),
-        "warnings": warnings,
-        "targets_met": not failed,
-        "failed_targets": failed,
+    speed = {
+        "base": _speed(outputs["base"].gens, outputs["base"].single),
+        "tuned": _speed(outputs["tuned"].gens, outputs["tuned"].single),
     }
+    result = EvalResult(
+        n_examples=len(examples),
+        primary_metric=ec.primary,
+        metrics=[r.as_dict() for r in rows],
+        targets_met=not failed,
+        failed_targets=failed,
+        warnings=warnings,
+        sections={"speed": speed, **result_extra, **({"review": kept_review} if kept_review else {})},
+    )
     if not base_pass:
         result = _without_base(result)
-    atomic_write_json(out_dir / "eval.json", result)
+    write_eval(out_dir, result)
     return result
 
 
 BASE_FIELDS = ("base", "delta", "delta_rel", "delta_ci", "p_value", "test", "discordant")
 
 
-def _without_base(result: dict[str, Any]) -> dict[str, Any]:
+def _without_base(result: EvalResult) -> EvalResult:
     """An evaluation without a base pass: every base figure null, and `base_scored: false` says why."""
-    out = dict(result, base_scored=False)
-    out["metrics"] = [{**r, **{k: None for k in BASE_FIELDS if k in r}} for r in result["metrics"]]
-    out["speed"] = {**result["speed"], "base": None}
-    if c := result.get("constrained"):
-        out["constrained"] = {**c, "invalid_share": {**c["invalid_share"], "base": None}}
-    return out
+    metrics = [{**r, **{k: None for k in BASE_FIELDS if k in r}} for r in result.metrics]
+    sections: dict[str, Any] = {"base_scored": False, "speed": {**result.sections["speed"], "base": None}}
+    if c := result.sections.get("constrained"):
+        sections["constrained"] = {**c, "invalid_share": {**c["invalid_share"], "base": None}}
+    return dataclasses.replace(result, metrics=metrics).with_sections(**sections)
 
 
 def _constrained_summary(

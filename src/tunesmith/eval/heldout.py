@@ -27,7 +27,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from tunesmith.config import RunConfig
 from tunesmith.data.pipeline import PreparedData
 from tunesmith.eval.compare import compare
-from tunesmith.io import atomic_write_json, atomic_write_text
+from tunesmith.eval.result import EvalResult, write_eval
+from tunesmith.io import atomic_write_text
 from tunesmith.progress import make_console, stage_progress
 
 Advance = Callable[[int], None]
@@ -99,7 +100,7 @@ def evaluate_heldout(
     console: Console | None = None,
     split: str = "test",
     out_dir: Path | None = None,
-) -> dict[str, Any]:
+) -> EvalResult:
     """Base then tuned over every item of `split` (test; `tune` scores its trials on val), with progress
     (a bar, or plain lines in a log); results go to `out_dir` (default run_dir/eval)."""
     progress = stage_progress(
@@ -125,7 +126,7 @@ def _evaluate_heldout(
     load_base: Callable[[], Any] | None,
     progress: Any,
     split: str,
-) -> dict[str, Any]:
+) -> EvalResult:
     from sklearn.metrics import f1_score
 
     objective = cfg.train.objective
@@ -202,16 +203,15 @@ def _evaluate_heldout(
     atomic_write_text(
         out_dir / "predictions.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds)
     )
-    result = {
-        "objective": objective,
-        "n_examples": len(items),
-        "primary_metric": primary,
-        "metrics": [r.as_dict() for r in rows],
-        **extra,
-        "targets_met": not failed,
-        "failed_targets": failed,
-    }
-    atomic_write_json(out_dir / "eval.json", result)
+    result = EvalResult(
+        n_examples=len(items),
+        primary_metric=primary,
+        metrics=[r.as_dict() for r in rows],
+        targets_met=not failed,
+        failed_targets=failed,
+        sections={"objective": objective, **extra},
+    )
+    write_eval(out_dir, result)
     return result
 
 

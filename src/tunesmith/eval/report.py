@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunesmith.eval.result import eval_path, has_eval, read_eval
 from tunesmith.io import atomic_write_bytes, atomic_write_text
 from tunesmith.metrics_log import read_metrics
 
@@ -385,7 +386,8 @@ def _speed(sp: dict[str, Any]) -> str:
 def build_report(run_dir: Path, title: str | None = None) -> Path:
     """Write report.html (and loss.png) from the run directory's artifacts; return the page's path."""
     manifest = _read_json(run_dir / "manifest.json") or {}
-    ev = _read_json(run_dir / "eval" / "eval.json")
+    # The report renders the JSON form of the eval result, section by section.
+    ev = read_eval(run_dir / "eval").as_json() if has_eval(run_dir / "eval") else None
     records = read_metrics(run_dir / "metrics.jsonl")
     png = loss_plot_png(records)
     if png:
@@ -580,12 +582,9 @@ def load_evaluated(run_dirs: list[Path]) -> list[tuple[Path, dict[str, Any], dic
     """(run dir, eval.json, manifest) of each run; FileNotFoundError names a run not evaluated yet."""
     evs = []
     for d in run_dirs:
-        ev = _read_json(d / "eval" / "eval.json")
-        if ev is None:
-            raise FileNotFoundError(
-                f"{d / 'eval' / 'eval.json'} does not exist; run `tunesmith eval {d}` first"
-            )
-        evs.append((d, ev, _read_json(d / "manifest.json") or {}))
+        if not has_eval(d / "eval"):
+            raise FileNotFoundError(f"{eval_path(d / 'eval')} does not exist; run `tunesmith eval {d}` first")
+        evs.append((d, read_eval(d / "eval").as_json(), _read_json(d / "manifest.json") or {}))
     return evs
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from tunesmith.eval.compare import paired_bootstrap
+from tunesmith.eval.result import read_eval, write_eval
 from tunesmith.io import atomic_write_json, atomic_write_text
 
 COLUMNS = ["id", "input", "reference", "output_A", "output_B", "score_A", "score_B", "comment"]
@@ -144,10 +145,7 @@ def import_review(run_dir: Path, sheet: Path) -> dict[str, Any]:
     """Validate a filled sheet and fold its summary into eval/eval.json (key `review`); return the summary."""
     rows = read_sheet(run_dir, sheet)
     summary = summarize(rows)
-    ev_path = run_dir / "eval" / "eval.json"
-    ev = json.loads(ev_path.read_text(encoding="utf-8"))
-    ev["review"] = summary
-    atomic_write_json(ev_path, ev)
+    write_eval(run_dir / "eval", read_eval(run_dir / "eval").with_sections(review=summary))
     atomic_write_json(
         run_dir / "review" / "scores.json",
         [{"id": rid, "tuned": t, "base": b, "comment": c} for rid, t, b, c in rows],

@@ -16,7 +16,6 @@ same values, and one worker's study is reproducible), with the constant liar for
 from __future__ import annotations
 
 import fcntl
-import json
 import math
 import re
 import time
@@ -31,6 +30,7 @@ from rich.text import Text
 
 from tunesmith.config import MethodConfig, RunConfig, parse_duration
 from tunesmith.eval.metrics import higher_is_better
+from tunesmith.eval.result import EvalResult, has_eval, read_eval
 from tunesmith.registry import files_hash, read_manifest, update_manifest
 from tunesmith.train.loop import total_steps
 from tunesmith.train.methods import MethodUnavailableError, check_method_available
@@ -681,20 +681,21 @@ class Search:
             return self.study.user_attrs.get("result"), note, None
         with _file_lock(self.folder / "final.lock"):
             done = self.study.user_attrs.get("result")
-            if done and done.get("trial") == best.number and (run_dir / "eval" / "eval.json").is_file():
-                ev = json.loads((run_dir / "eval" / "eval.json").read_text(encoding="utf-8"))
+            ev: EvalResult | None
+            if done and done.get("trial") == best.number and has_eval(run_dir / "eval"):
+                ev = read_eval(run_dir / "eval")
                 self.console.print(f"chosen trial {best.number} was scored on test already: {run_dir}")
             else:
                 self.console.print(
                     f"chosen: trial {best.number} (val {self.metric} {best.value:.4f}); scoring it on the test split",
                     highlight=False,
                 )
-                ev = eval_run(run_dir, self.console).eval or {}
+                ev = eval_run(run_dir, self.console).eval
                 tag = read_manifest(run_dir).get("tune") or {}
                 update_manifest(run_dir, tune={**tag, "chosen": True})
                 self.console.print(f"result: {run_dir} (report: {run_dir / 'report.html'})", highlight=False)
-            rows = {r["metric"]: r for r in ev.get("metrics", [])}
-            primary = ev.get("primary_metric")
+            rows = {r["metric"]: r for r in ev.metrics} if ev else {}
+            primary = ev.primary_metric if ev else None
             result = {
                 "trial": best.number,
                 "run_id": run_dir.name,
@@ -703,9 +704,9 @@ class Search:
                     "primary_metric": primary,
                     "value": rows.get(primary, {}).get("tuned"),
                     "ci": rows.get(primary, {}).get("tuned_ci"),
-                    "n_examples": ev.get("n_examples"),
-                    "targets_met": ev.get("targets_met"),
-                    "failed_targets": ev.get("failed_targets", []),
+                    "n_examples": ev.n_examples if ev else None,
+                    "targets_met": ev.targets_met if ev else None,
+                    "failed_targets": ev.failed_targets if ev else [],
                 },
             }
             self.study.set_user_attr("result", result)

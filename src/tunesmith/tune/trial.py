@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import ConfigError, RunConfig
 from tunesmith.data.issues import DataError
+from tunesmith.eval.result import EvalResult
 from tunesmith.metrics_log import FILE_NAME as METRICS_FILE
 from tunesmith.metrics_log import read_metrics
 from tunesmith.models import ModelError
@@ -93,12 +94,12 @@ class TrialOutcome:
     note: str = ""
 
 
-def targets_on_val(cfg: RunConfig, ev: dict[str, Any]) -> tuple[bool | None, bool | None]:
+def targets_on_val(cfg: RunConfig, ev: EvalResult) -> tuple[bool | None, bool | None]:
     """(met, pass) of the config's targets on a val evaluation; (None, None) without targets."""
     targets = cfg.parsed_targets()
     if not targets:
         return None, None
-    rows = {r["metric"]: r for r in ev["metrics"]}
+    rows = {r["metric"]: r for r in ev.metrics}
     met = all(t.metric in rows and t.met(float(rows[t.metric]["tuned"])) for t in targets)
     passed = all(t.metric in rows and rows[t.metric].get("status") == "PASS" for t in targets)
     return met, passed
@@ -194,13 +195,13 @@ def run_trial(
             if isinstance(e, PlanError | DataError | ConfigError) and run_dir is None:
                 outcome.time = TrialTime(time.monotonic() - t0, 0, 0.0)
         else:
-            rows = {r["metric"]: float(r["tuned"]) for r in ev["metrics"]}
-            primary = ev["primary_metric"] if ev["primary_metric"] in rows else ctx.metric
+            rows = ev.tuned()
+            primary = ev.primary_metric if ev.primary_metric in rows else ctx.metric
             outcome.state = "complete"
             outcome.value = rows.get(primary)
             outcome.val = rows
             outcome.targets_met, outcome.targets_pass = targets_on_val(ctx.base, ev)
-            outcome.time = TrialTime(setup_s, steps, train_s, eval_s, int(ev["n_examples"]))
+            outcome.time = TrialTime(setup_s, steps, train_s, eval_s, ev.n_examples)
             if outcome.value is None:
                 outcome.state, outcome.note = "failed", f"the val evaluation has no {ctx.metric}"
     if run_dir is not None:
