@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from tunesmith.data.tokenize import stop_token_ids
+
 QUANTS = ("f16", "q8_0")
 
 
@@ -96,9 +98,32 @@ def _tokenizer_metadata(writer: Any, tok: Any, tokenizer_dir: Path) -> None:
     special.add_to_gguf(writer, quiet=True)
     if "pad" not in special.special_token_ids and tok.pad_token_id is not None:
         writer.add_pad_token_id(int(tok.pad_token_id))
+    # The tokens training ended answers with: llama.cpp stops at EOS and EOT, so a stop token that is not
+    # the tokenizer's EOS (a chat model's end-of-turn) is written as EOT, or the exported model never stops.
+    eos = special.special_token_ids.get("eos")
+    others = [i for i in stop_token_ids(tok) if i != eos]
+    if len(others) > 1:
+        raise GGUFExportError(
+            f"training stops at {len(others) + 1} tokens; GGUF records EOS and one EOT: {others} besides EOS {eos}"
+        )
+    if others:
+        writer.add_eot_token_id(int(others[0]))
     if not tok.chat_template:
         raise GGUFExportError("the tokenizer has no chat template to store in the GGUF file")
     writer.add_chat_template(tok.chat_template)
+
+
+def stop_ids_in_gguf(path: Path) -> set[int]:
+    """The end-of-generation token ids a GGUF file records (EOS, EOT, EOM): where llama.cpp stops."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    ids = set()
+    for key in (gguf.Keys.Tokenizer.EOS_ID, gguf.Keys.Tokenizer.EOT_ID, gguf.Keys.Tokenizer.EOM_ID):
+        field = reader.get_field(key)
+        if field is not None:
+            ids.add(int(field.parts[field.data[0]][0]))
+    return ids
 
 
 def write_gguf(model: Any, tok: Any, tokenizer_dir: Path, path: Path, quant: str, name: str) -> Path:

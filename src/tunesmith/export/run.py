@@ -177,7 +177,7 @@ def export_run(
     from tunesmith.config import load_run_config
     from tunesmith.data.pipeline import read_prepared_examples
     from tunesmith.data.tokenize import stop_token_ids
-    from tunesmith.export.gguf import write_gguf
+    from tunesmith.export.gguf import stop_ids_in_gguf, write_gguf
     from tunesmith.export.verify import TOLERANCES, compare_models, probes
     from tunesmith.method_traits import PEFT_METHODS
     from tunesmith.models import load_model, load_tokenizer
@@ -256,6 +256,7 @@ def export_run(
             tokenizer_check = {
                 "prompts_tokenized_identically": sum(same_ids) / max(len(same_ids), 1),
                 "chat_template_identical": gguf_tok.chat_template == tok.chat_template,
+                "stop_tokens_recorded": set(stops) <= stop_ids_in_gguf(tmp / fname),
             }
             report["tokenizer"] = tokenizer_check
             tolerance = TOLERANCES[quant]
@@ -279,6 +280,7 @@ def export_run(
         if tokenizer_check and not (
             tokenizer_check["prompts_tokenized_identically"] == 1.0
             and tokenizer_check["chat_template_identical"]
+            and tokenizer_check["stop_tokens_recorded"]
         ):
             problems.append(f"the GGUF tokenizer differs from the trained one: {tokenizer_check}")
         # fp32 exports must reproduce what the eval stage generated; GGUF is rounded, so this is reported only.
