@@ -16,6 +16,7 @@ same values, and one worker's study is reproducible), with the constant liar for
 from __future__ import annotations
 
 import fcntl
+import json
 import math
 import re
 import time
@@ -622,7 +623,19 @@ class Search:
         from tunesmith.tune.page import write_page
 
         best = self.best_trial()
+        lead = val_lead(self.study, best, self.metric, self.maximize)
+        if lead is not None and lead["within_noise"]:
+            self.console.print(
+                f"[yellow bold]warning:[/yellow bold] trial {lead['trial']}'s val lead over trial 0 (the config's "
+                f"own recipe) is within noise: {lead['delta']:+.3f} [{lead['ci'][0]:+.3f}, {lead['ci'][1]:+.3f}] "
+                f"on {lead['n']} paired val examples. Give val more examples (data.split.val, tune.val_limit) "
+                "for a choice the data supports",
+                highlight=False,
+            )
         result, note, chosen_run = self._score_chosen(best)
+        if result is not None and lead is not None:
+            result = {**result, "val_lead": lead}
+            self.study.set_user_attr("result", result)
         summary_path = self.write_summary(result)
         page = write_page(self.folder, self.study, self.ctx, best, result)
         self.console.print(f"study page: [bold]{page}[/bold]", highlight=False)
@@ -711,6 +724,41 @@ class Search:
             }
             self.study.set_user_attr("result", result)
         return result, "", run_dir
+
+
+def _val_scores(trial: FrozenTrial, metric: str) -> list[float] | None:
+    """A trial's per-example val scores of `metric`, from its eval_val/predictions.jsonl."""
+    run_dir = trial.user_attrs.get("run_dir")
+    path = Path(run_dir) / "eval_val" / "predictions.jsonl" if run_dir else None
+    if path is None or not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    scores = [(r.get("scores") or {}).get(metric, {}).get("tuned") for r in rows]
+    return None if any(s is None for s in scores) else [float(s) for s in scores]
+
+
+def val_lead(
+    study: optuna.Study, best: FrozenTrial | None, metric: str, maximize: bool
+) -> dict[str, Any] | None:
+    """The chosen trial's lead over trial 0 (the config's own recipe) on the same val examples, with a paired
+    bootstrap 95% CI, oriented so that positive is better. `within_noise`: the CI holds 0, so the val set
+    cannot tell the two apart. None when the chosen trial is trial 0 or per-example scores are missing."""
+    from optuna.trial import TrialState
+
+    from tunesmith.eval.compare import paired_bootstrap
+
+    if best is None or best.number == 0:
+        return None
+    first = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number == 0]
+    ref = _val_scores(first[0], metric) if first else None
+    chosen = _val_scores(best, metric)
+    if ref is None or chosen is None or len(ref) != len(chosen) or not ref:
+        return None
+    sign = 1.0 if maximize else -1.0
+    ref, chosen = [sign * v for v in ref], [sign * v for v in chosen]
+    (lo, hi), _ = paired_bootstrap(ref, chosen)
+    delta = sum(chosen) / len(chosen) - sum(ref) / len(ref)
+    return {"trial": best.number, "n": len(ref), "delta": delta, "ci": [lo, hi], "within_noise": lo <= 0.0}
 
 
 def choose(study: optuna.Study, maximize: bool, stop: str = "met") -> FrozenTrial | None:
