@@ -614,29 +614,32 @@ class Search:
             text.append(f"  budget left {_fmt_time(left)}")
         self.console.print(text, highlight=False, soft_wrap=True)
 
-    def write_summary(self, result: dict[str, Any] | None = None) -> Path:
+    def write_summary(self, result: dict[str, Any] | None = None, chosen: FrozenTrial | None = None) -> Path:
         from tunesmith.tune.page import summary, write_json
 
-        return write_json(self.folder, summary(self.study, self.ctx, self.best_trial(), result))
+        return write_json(self.folder, summary(self.study, self.ctx, chosen or self.best_trial(), result))
 
     def _finish(self, stopped: str) -> TuneOutcome:
         from tunesmith.tune.page import write_page
 
         best = self.best_trial()
         lead = val_lead(self.study, best, self.metric, self.maximize)
+        recipe = self._recipe_if_tied(best, lead)
         if lead is not None and lead["within_noise"]:
             self.console.print(
                 f"[yellow bold]warning:[/yellow bold] trial {lead['trial']}'s val lead over trial 0 (the config's "
                 f"own recipe) is within noise: {lead['delta']:+.3f} [{lead['ci'][0]:+.3f}, {lead['ci'][1]:+.3f}] "
-                f"on {lead['n']} paired val examples. Give val more examples (data.split.val, tune.val_limit) "
-                "for a choice the data supports",
+                f"on {lead['n']} paired val examples"
+                + ("; the result is trial 0" if recipe else "")
+                + ". Give val more examples (data.split.val, tune.val_limit) for a choice the data supports",
                 highlight=False,
             )
+        best = recipe or best
         result, note, chosen_run = self._score_chosen(best)
         if result is not None and lead is not None:
             result = {**result, "val_lead": lead}
             self.study.set_user_attr("result", result)
-        summary_path = self.write_summary(result)
+        summary_path = self.write_summary(result, best)
         page = write_page(self.folder, self.study, self.ctx, best, result)
         self.console.print(f"study page: [bold]{page}[/bold]", highlight=False)
         counts: dict[str, int] = {}
@@ -661,6 +664,10 @@ class Search:
             summary=summary_path,
             note=note,
         )
+
+    def _recipe_if_tied(self, best: FrozenTrial | None, lead: dict[str, Any] | None) -> FrozenTrial | None:
+        key = "targets_pass" if self.cfg.tune and self.cfg.tune.stop == "pass" else "targets_met"
+        return recipe_if_tied(self.study, best, lead, key)
 
     def _score_chosen(self, best: FrozenTrial | None) -> tuple[dict[str, Any] | None, str, Path | None]:
         """The chosen trial's run scored once on the test split (the normal eval, with its CIs and report),
@@ -759,6 +766,22 @@ def val_lead(
     (lo, hi), _ = paired_bootstrap(ref, chosen)
     delta = sum(chosen) / len(chosen) - sum(ref) / len(ref)
     return {"trial": best.number, "n": len(ref), "delta": delta, "ci": [lo, hi], "within_noise": lo <= 0.0}
+
+
+def recipe_if_tied(
+    study: optuna.Study, best: FrozenTrial | None, lead: dict[str, Any] | None, targets_key: str
+) -> FrozenTrial | None:
+    """Trial 0, the config's own recipe, when the value-best trial leads it on val within noise (`val_lead`)
+    and the two stand alike against the targets (`targets_key` in their user attrs): a search result should
+    be one the val data supports, and a default is kept unless the evidence says otherwise."""
+    if best is None or lead is None or not lead["within_noise"]:
+        return None
+    first = next((t for t in study.get_trials(deepcopy=False) if t.number == 0), None)
+    if first is None or state_of(first) != "complete":
+        return None
+    return (
+        first if bool(first.user_attrs.get(targets_key)) == bool(best.user_attrs.get(targets_key)) else None
+    )
 
 
 def choose(study: optuna.Study, maximize: bool, stop: str = "met") -> FrozenTrial | None:
