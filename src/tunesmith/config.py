@@ -380,7 +380,7 @@ class TrainConfig(_Strict):
         "lora/dora/qlora on a base under 1B parameters, 2e-4 from 1B; ia3 3e-3; full 5e-5, 1e-4 on a BERT-family "
         "encoder (prefix, prompt: the default below); `batch_size` 16 when 95% of the training examples are at "
         "most 256 tokens, 8 up to 1024, else 4; `epochs` (without `max_steps`) enough for 150 optimizer steps, "
-        "1 to 3 (an encoder: 750 steps, 1 to 8); `eval_every` "
+        "in whole epochs, 1 to 6 (an encoder: 750 steps, 1 to 8); `eval_every` "
         "about 8 evaluations per run (at least every 10 steps). What you set is kept. `manual`: the defaults "
         "below as they are.",
     )

@@ -39,7 +39,7 @@ def test_small_dataset_gets_several_epochs_and_a_large_one_one(tmp_path: Path) -
     large = {c.field: c.value for c in derive(_cfg(tmp_path, model), str(model), [600] * 40_000).choices}
     assert large["epochs"] == 1.0 and large["batch_size"] == 8
     tiny = {c.field: c.value for c in derive(_cfg(tmp_path, model), str(model), [50] * 100).choices}
-    assert tiny["epochs"] == 3.0  # capped: 7 steps an epoch would want 22 passes
+    assert tiny["epochs"] == 6.0  # capped: 7 steps an epoch would want 22 passes
 
 
 def test_the_rate_follows_the_method_and_the_base_size(tmp_path: Path) -> None:

@@ -17,6 +17,9 @@ run's manifest. The rules (README, `train.recipe`):
 
 Measured on a CLINC150 subset (benchmarks/quality_clinc.py, README "Quality by default"): sft 0.490 -> 0.863,
 classify 0.475 -> 0.862 against the earlier fixed defaults; the encoder rule (lr 1e-4, 8 epochs) 0.910.
+MAX_EPOCHS 6 (it was 3): on the support-tickets example (449 train rows, 28 steps an epoch) 3 epochs left the
+priority field at the majority class (0.300 on test), 6 epochs (169 steps) reached 0.983 with queue 0.992 and
+json_valid 1.000; CLINC150 (94 steps an epoch) takes 2 epochs either way.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ IA3_LR = 3e-3
 FULL_LR = 5e-5
 ENCODER_LR = 1e-4
 MIN_STEPS = 150
-MAX_EPOCHS = 3.0
+MAX_EPOCHS = 6.0
 ENCODER_MIN_STEPS = 750
 ENCODER_MAX_EPOCHS = 8.0
 EVALS_PER_RUN = 8
