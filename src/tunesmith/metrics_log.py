@@ -65,11 +65,12 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def truncate_metrics(path: Path, step: int) -> str | None:
     """Keep the records of steps up to `step` (a resumed run logs the later ones again), and drop a torn last
     line. Returns a warning for the caller to show when a torn line was dropped."""
-    read = _parse(path)
     if not path.is_file():
         return None
+    read = _parse(path)
     keep = [r for r in read.records if r["step"] <= step]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+    if len(keep) < len(read.records) or read.torn is not None:  # a fresh or finished log stays as it is
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
     if read.torn is None:
         return None
     return f"{path}: dropped a torn last line left by the interrupted run ({read.torn[:60]!r})"

@@ -177,16 +177,17 @@ def hash_tree(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def mark_stage(run_dir: Path, stage: str, status: str, **extra: Any) -> dict[str, Any]:
+def mark_stage(
+    run_dir: Path, stage: str, status: str, merge: dict[str, dict[str, Any]] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """Record a stage's status. `extra`: top-level fields, set as given; `merge`: dict fields (artifacts,
+    exports) updated key by key inside the registry lock, so entries other writers made are kept."""
     fields: dict[str, Any] = dict(extra)
-    artifacts: dict[str, Any] = {}
+    merged = {key: dict(values) for key, values in (merge or {}).items()}
     if stage == "train" and status == "done":
         # What training wrote, hashed now (outside the lock: it reads every weight file): an export later
         # proves it starts from these exact bytes.
+        artifacts = merged.setdefault("artifacts", {})
         for name in ("adapter", "model"):
             if (run_dir / name).is_dir():
                 artifacts[name] = {"path": name, "sha256": hash_tree(run_dir / name)}
@@ -199,10 +200,10 @@ def mark_stage(run_dir: Path, stage: str, status: str, **extra: Any) -> dict[str
         fields["targets_met"] = ev.targets_met
 
     def change(manifest: dict[str, Any]) -> None:
-        manifest["stages"][stage] = {"status": status, "at": utc_now()}
+        manifest["stages"][stage] = {"status": status, "at": datetime.now(UTC).isoformat(timespec="seconds")}
         manifest.update(fields)
-        if stage == "train" and status == "done":
-            manifest.setdefault("artifacts", {}).update(artifacts)
+        for key, values in merged.items():
+            manifest.setdefault(key, {}).update(values)
 
     return edit_manifest(run_dir, change)
 

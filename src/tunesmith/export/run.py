@@ -181,7 +181,7 @@ def export_run(
     from tunesmith.export.verify import TOLERANCES, compare_models, probes
     from tunesmith.method_traits import PEFT_METHODS
     from tunesmith.models import load_model, load_tokenizer
-    from tunesmith.registry import edit_manifest, hash_tree, read_manifest, utc_now
+    from tunesmith.registry import hash_tree, mark_stage, read_manifest
     from tunesmith.train.methods import load_adapter, output_dir_name
 
     console = console or make_console()
@@ -308,11 +308,7 @@ def export_run(
         "greedy_agreement": report["verification"]["greedy_agreement"],
     }
     hashes = {"path": f"export/{name}", "sha256": hash_tree(run_dir / "export" / name)}
-
-    def record(manifest: dict[str, Any]) -> None:  # inside the registry lock: other exports are kept
-        manifest.setdefault("exports", {})[name] = entry
-        manifest.setdefault("artifacts", {})[f"export/{name}"] = hashes
-        manifest["stages"]["export"] = {"status": "done", "at": utc_now()}
-
-    edit_manifest(run_dir, record)
+    mark_stage(
+        run_dir, "export", "done", merge={"exports": {name: entry}, "artifacts": {f"export/{name}": hashes}}
+    )
     return report

@@ -75,8 +75,9 @@ class Layout:
     def load_best(self, best: Checkpoint, model: Any, unwrapped: Any) -> None:
         load_weights(best, unwrapped)
 
-    def gather(self, model: Any, optimizer: Any, trainable_only: bool = True) -> tuple[Any, Any]:
-        """(weights, optimizer state) for the main process to save; None: read them from the model."""
+    def gather(self, model: Any, optimizer: Any) -> tuple[Any, Any]:
+        """(trainable weights, optimizer state) for the main process to save in a checkpoint; None: read them
+        from the model."""
         return None, None
 
     def final_weights(self, model: Any, trainable_only: bool) -> Any:
@@ -130,9 +131,9 @@ class Sharded(Layout):
     def load_best(self, best: Checkpoint, model: Any, unwrapped: Any) -> None:
         load_checkpoint_weights(best, model)
 
-    def gather(self, model: Any, optimizer: Any, trainable_only: bool = True) -> tuple[Any, Any]:
+    def gather(self, model: Any, optimizer: Any) -> tuple[Any, Any]:
         # Every process takes part; the whole state lands on the first.
-        return full_model_state(model, trainable_only=trainable_only), full_optimizer_state(model, optimizer)
+        return full_model_state(model, trainable_only=True), full_optimizer_state(model, optimizer)
 
     def final_weights(self, model: Any, trainable_only: bool) -> Any:
         return full_model_state(model, trainable_only=trainable_only)

@@ -666,8 +666,9 @@ class Search:
         )
 
     def _recipe_if_tied(self, best: FrozenTrial | None, lead: dict[str, Any] | None) -> FrozenTrial | None:
-        key = "targets_pass" if self.cfg.tune and self.cfg.tune.stop == "pass" else "targets_met"
-        return recipe_if_tied(self.study, best, lead, key)
+        return recipe_if_tied(
+            self.study, best, lead, targets_key(self.cfg.tune.stop if self.cfg.tune else "met")
+        )
 
     def _score_chosen(self, best: FrozenTrial | None) -> tuple[dict[str, Any] | None, str, Path | None]:
         """The chosen trial's run scored once on the test split (the normal eval, with its CIs and report),
@@ -768,6 +769,11 @@ def val_lead(
     return {"trial": best.number, "n": len(ref), "delta": delta, "ci": [lo, hi], "within_noise": lo <= 0.0}
 
 
+def targets_key(stop: str) -> str:
+    """The trial attribute that says its val scores reach the targets, for `tune.stop`."""
+    return "targets_pass" if stop == "pass" else "targets_met"
+
+
 def recipe_if_tied(
     study: optuna.Study, best: FrozenTrial | None, lead: dict[str, Any] | None, targets_key: str
 ) -> FrozenTrial | None:
@@ -792,7 +798,7 @@ def choose(study: optuna.Study, maximize: bool, stop: str = "met") -> FrozenTria
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
     if not done:
         return None
-    key = "targets_pass" if stop == "pass" else "targets_met"
+    key = targets_key(stop)
 
     def rank(t: FrozenTrial) -> tuple[int, float, int]:
         value = float(t.value) if t.value is not None else math.nan
