@@ -120,3 +120,38 @@ def test_two_workers_split_the_trials_and_survive_a_kill(tune_config: Any, tmp_p
     killed = read_manifest(Path(by_state["killed"][0]["run_dir"]))
     assert killed["tune"]["state"] == "killed" and killed["stages"]["train"]["status"] == "killed"
     assert s["result"]["trial"] in {t["number"] for t in ran}
+
+
+def test_a_killed_recipe_trial_is_trained_again_on_resume(tune_config: Any, tmp_path: Path) -> None:
+    """The recipe trial (trial 0) is killed while it trains; `--resume` queues its values again (once),
+    trains them before the sampler draws anything, and the retry is the recipe the result is weighed
+    against."""
+    cfg = tune_config({"space": SPACE, "pruner": "none"}, train=TRAIN)
+    folder = tmp_path / "runs" / "tune" / "toy"
+    log = tmp_path / "w.log"
+    with log.open("wb") as out:
+        w = subprocess.Popen(
+            [sys.executable, "-m", "tunesmith.cli", "tune", str(cfg), "--trials", "2"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            hit = _wait(folder, w, lambda ts: next((t for t in ts if _training(t, w.pid)), None))
+            assert hit is not None and hit.number == 0, log.read_text()[-3000:]
+            w.send_signal(signal.SIGKILL)
+            w.wait(timeout=60)
+        finally:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    res = cli_here("tune", str(cfg), "--resume", "--trials", "1")
+    assert res.returncode in (0, 1), res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    assert "trial 0: its worker" in res.stderr and "its values are queued again" in res.stderr
+    trials = {t.number: t for t in _trials(folder)}
+    assert trials[0].state.name == "FAIL" and trials[1].state.name == "COMPLETE"
+    assert trials[1].params == trials[0].params
+    assert trials[1].user_attrs["retry_of"] == 0 and trials[1].user_attrs["recipe"] is True
+    assert len(trials) == 2  # the retry was the one trial; nothing else was drawn
+    s = json.loads((folder / "study.json").read_text(encoding="utf-8"))
+    assert s["result"]["trial"] == 1

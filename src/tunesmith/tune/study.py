@@ -46,7 +46,7 @@ from tunesmith.tune.space import (
     first_trial,
     label_rows,
 )
-from tunesmith.tune.states import counted, state_of
+from tunesmith.tune.states import counted, is_recipe, recipe_trial, state_of
 from tunesmith.tune.trial import NotRun, StudyContext, TrialOutcome, mark_killed, run_trial
 from tunesmith.tune.workers import Heartbeat, Worker, is_alive, stale_trials
 
@@ -350,8 +350,8 @@ class Search:
         study.set_user_attr("metric", self.metric)
         study.set_user_attr("space", [d.as_dict() for d in self.space.dims])
         study.set_user_attr("fixed", self.space.fixed)
-        for params in self.first_trials:
-            study.enqueue_trial(params)
+        for i, params in enumerate(self.first_trials):
+            study.enqueue_trial(params, user_attrs={"recipe": True} if i == 0 else None)
         self.created = True
         return study
 
@@ -423,7 +423,25 @@ class Search:
             why = f"its worker {who.get('host', '?')}:{who.get('pid', '?')} is gone"
             if run_dir:
                 mark_killed(Path(run_dir), why)
-            self.console.print(f"trial {t.number}: {why}; marked killed (it does not count)", highlight=False)
+            self.console.print(
+                f"trial {t.number}: {why}; marked killed (it does not count){self._retry(t)}", highlight=False
+            )
+
+    def _retry(self, t: FrozenTrial | optuna.Trial) -> str:
+        """Queue a killed trial's values again, once (as Optuna's RetryFailedTrialCallback does): a kill says
+        nothing about the values, and the recipe trial is the reference every result is weighed against. A
+        retry that is killed too is not queued again (the values may be what kills the worker, e.g. memory).
+        Two workers reaping the same trial at once may both queue it; the second copy then finds the values
+        trained and trains nothing (`_same_values`). Returns the words for the log."""
+        if not t.params:
+            return ""
+        if "retry_of" in t.user_attrs:
+            return f"; it was a retry of trial {t.user_attrs['retry_of']}, so its values are not queued again"
+        attrs: dict[str, Any] = {"retry_of": t.number}
+        if is_recipe(t):
+            attrs["recipe"] = True
+        self.study.enqueue_trial(dict(t.params), user_attrs=attrs, skip_if_exists=False)
+        return "; its values are queued again"
 
     def run(self) -> TuneOutcome:
         self._header()
@@ -471,6 +489,7 @@ class Search:
             # propagates.
             if isinstance(e, KeyboardInterrupt):
                 trial.set_user_attr("interrupted", True)
+                self.console.print(f"trial {trial.number}: interrupted{self._retry(trial)}", highlight=False)
             else:
                 trial.set_user_attr("error", f"{type(e).__name__}: {e}")
             self.study.tell(trial, state=TrialState.FAIL)
@@ -627,10 +646,10 @@ class Search:
         recipe = self._recipe_if_tied(best, lead)
         if lead is not None and lead["within_noise"]:
             self.console.print(
-                f"[yellow bold]warning:[/yellow bold] trial {lead['trial']}'s val lead over trial 0 (the config's "
-                f"own recipe) is within noise: {lead['delta']:+.3f} [{lead['ci'][0]:+.3f}, {lead['ci'][1]:+.3f}] "
-                f"on {lead['n']} paired val examples"
-                + ("; the result is trial 0" if recipe else "")
+                f"[yellow bold]warning:[/yellow bold] trial {lead['trial']}'s val lead over trial "
+                f"{lead['recipe_trial']} (the config's own recipe) is within noise: {lead['delta']:+.3f} "
+                f"[{lead['ci'][0]:+.3f}, {lead['ci'][1]:+.3f}] on {lead['n']} paired val examples"
+                + (f"; the result is trial {lead['recipe_trial']}" if recipe else "")
                 + ". Give val more examples (data.split.val, tune.val_limit) for a choice the data supports",
                 highlight=False,
             )
@@ -748,17 +767,16 @@ def _val_scores(trial: FrozenTrial, metric: str) -> list[float] | None:
 def val_lead(
     study: optuna.Study, best: FrozenTrial | None, metric: str, maximize: bool
 ) -> dict[str, Any] | None:
-    """The chosen trial's lead over trial 0 (the config's own recipe) on the same val examples, with a paired
-    bootstrap 95% CI, oriented so that positive is better. `within_noise`: the CI holds 0, so the val set
-    cannot tell the two apart. None when the chosen trial is trial 0 or per-example scores are missing."""
-    from optuna.trial import TrialState
-
+    """The chosen trial's lead over the recipe trial (the config's own recipe: trial 0, or its retry after a
+    kill) on the same val examples, with a paired bootstrap 95% CI, oriented so that positive is better.
+    `within_noise`: the CI holds 0, so the val set cannot tell the two apart. None when the chosen trial is
+    the recipe trial or per-example scores are missing."""
     from tunesmith.eval.compare import paired_bootstrap
 
-    if best is None or best.number == 0:
+    first = recipe_trial(study.get_trials(deepcopy=False))
+    if best is None or first is None or best.number == first.number:
         return None
-    first = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number == 0]
-    ref = _val_scores(first[0], metric) if first else None
+    ref = _val_scores(first, metric)
     chosen = _val_scores(best, metric)
     if ref is None or chosen is None or len(ref) != len(chosen) or not ref:
         return None
@@ -766,7 +784,14 @@ def val_lead(
     ref, chosen = [sign * v for v in ref], [sign * v for v in chosen]
     (lo, hi), _ = paired_bootstrap(ref, chosen)
     delta = sum(chosen) / len(chosen) - sum(ref) / len(ref)
-    return {"trial": best.number, "n": len(ref), "delta": delta, "ci": [lo, hi], "within_noise": lo <= 0.0}
+    return {
+        "trial": best.number,
+        "recipe_trial": first.number,
+        "n": len(ref),
+        "delta": delta,
+        "ci": [lo, hi],
+        "within_noise": lo <= 0.0,
+    }
 
 
 def targets_key(stop: str) -> str:
@@ -777,13 +802,13 @@ def targets_key(stop: str) -> str:
 def recipe_if_tied(
     study: optuna.Study, best: FrozenTrial | None, lead: dict[str, Any] | None, targets_key: str
 ) -> FrozenTrial | None:
-    """Trial 0, the config's own recipe, when the value-best trial leads it on val within noise (`val_lead`)
+    """The recipe trial (`recipe_trial`), when the value-best trial leads it on val within noise (`val_lead`)
     and the two stand alike against the targets (`targets_key` in their user attrs): a search result should
     be one the val data supports, and a default is kept unless the evidence says otherwise."""
     if best is None or lead is None or not lead["within_noise"]:
         return None
-    first = next((t for t in study.get_trials(deepcopy=False) if t.number == 0), None)
-    if first is None or state_of(first) != "complete":
+    first = recipe_trial(study.get_trials(deepcopy=False))
+    if first is None:
         return None
     return (
         first if bool(first.user_attrs.get(targets_key)) == bool(best.user_attrs.get(targets_key)) else None
