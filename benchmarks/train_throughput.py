@@ -42,6 +42,7 @@ Writes benchmarks/results/train_throughput-<device>[-<shape>].json and prints a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -57,6 +58,80 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "support-tickets" / "tunesmith.yaml"
 RESULTS = ROOT / "benchmarks" / "results"
+CLINC = ROOT.parent / "shared" / "data" / "clinc150"
+PEPS = ROOT / "tests" / "data" / "real" / "peps" / "peps.jsonl"
+
+# The three data shapes (`--data`). Each is a real dataset trained as a user would configure it; the
+# batch size and learning rate are what tunesmith's recipe derives for it (`train.recipe: auto`), fixed
+# here so every arm runs the same steps.
+#   tickets  the support-tickets example: ~135-token chat rows, a JSON answer (its own config)
+#   clinc    CLINC150, 10 queries per intent (1,500 rows, 150 intents): ~10-word queries answered with
+#            the intent name, ~45 tokens with the chat template
+#   docs     300 PEPs (public domain), ~1k-token documents: continued pre-training in 1,024-token blocks
+SHAPE_CONFIGS: dict[str, dict[str, Any]] = {
+    "clinc": {
+        "model": "builtin:smollm2-135m-instruct",
+        "method": {"name": "lora", "r": 16, "alpha": 32},
+        "train": {"objective": "sft", "max_length": 128, "batch_size": 16, "lr": 1e-3, "seed": 0},
+    },
+    "docs": {
+        "model": "builtin:smollm2-135m-instruct",
+        "method": {"name": "lora", "r": 16, "alpha": 32},
+        "train": {"objective": "pretrain", "max_length": 1024, "batch_size": 4, "lr": 2e-4, "seed": 0},
+    },
+}
+CLINC_PER_INTENT = {"train": 10, "val": 2}
+DATA_SOURCES = {
+    "clinc": "shared/data/clinc150 train.csv/val.csv: 10 train and 2 val queries per intent, seeded (0) sample",
+    "docs": "tests/data/real/peps/peps.jsonl (300 PEPs), 5% val",
+}
+
+
+def shape_config(data: str, work: Path) -> Path:
+    """The config file of data shape `data` (written under `work` for clinc and docs)."""
+    import collections
+    import csv
+    import random
+
+    import yaml
+
+    if data == "tickets":
+        return CONFIG
+    cfg = json.loads(json.dumps(SHAPE_CONFIGS[data]))
+    cfg["name"] = f"throughput-{data}"
+    cfg["runs_dir"] = str(work / "runs")
+    if data == "clinc":
+        files = {}
+        for split, k in CLINC_PER_INTENT.items():
+            rows = list(csv.DictReader((CLINC / f"{split}.csv").open(encoding="utf-8")))
+            by: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
+            for r in rows:
+                by[r["intent"]].append(r)
+            rng = random.Random(0)
+            picked = [r for lab in sorted(by) for r in rng.sample(by[lab], k)]
+            rng.shuffle(picked)
+            files[split] = work / f"clinc-{split}.csv"
+            with files[split].open("w", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, ["query", "intent"])
+                w.writeheader()
+                w.writerows(picked)
+        cfg["data"] = {
+            "train": str(files["train"]),
+            "val": str(files["val"]),
+            "split": {"test": 0.0},
+            "columns": {"instruction": "query", "output": "intent"},
+        }
+    else:
+        cfg["data"] = {
+            "train": str(PEPS),
+            "columns": {"ignore": ["source"]},
+            "split": {"val": 0.05, "test": 0.0, "seed": 0},
+        }
+    path = work / f"{data}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return path
+
+
 ARMS = ("trl", "trl-tuned", "tunesmith", "tunesmith-compact", "tunesmith-compile")
 DEFAULT_ARMS = ("trl", "trl-tuned", "tunesmith", "tunesmith-compact")
 
@@ -108,7 +183,7 @@ def load_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, str | None]:
     overrides = [f"train.max_steps={args.steps}", "train.eval_every=1000000", *args.override]
     if args.shape:
         overrides.append(f"train.max_length={args.seq_len}")
-    cfg = load_config(CONFIG, overrides)
+    cfg = load_config(args.config, overrides)
     quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
     model_path, tok, data = check_data(cfg, quiet)
     if args.shape:
@@ -122,7 +197,7 @@ def synthetic_long_data(data: Any, tok: Any, seq_len: int, n: int, seed: int) ->
     loss on their assistant turns; a realistic spread of lengths at a realistic sequence length."""
     import random
 
-    from tunesmith.data.pipeline import PreparedData, Split
+    from tunesmith.data.pipeline import Split
     from tunesmith.data.tokenize import Encoded
 
     rng = random.Random(seed)
@@ -138,7 +213,7 @@ def synthetic_long_data(data: Any, tok: Any, seq_len: int, n: int, seed: int) ->
             labels += e.labels
         out.append(Encoded(ids[:target], labels[:target]))
     val = out[: max(8, n // 20)]
-    return PreparedData(Split([], out), Split([], val), Split([], []), data.preflight)
+    return dataclasses.replace(data, train=Split([], out), val=Split([], val), test=Split([], []))
 
 
 def build_model(args: argparse.Namespace, model_path: str | None, vocab: int) -> Any:
@@ -233,7 +308,7 @@ def run_tunesmith(args: argparse.Namespace) -> dict[str, Any]:
     if not args.default_malloc:
         limit_heap_fragmentation()  # as the CLI does at start
     import tunesmith.train.loop as loop
-    from tunesmith.data.pipeline import PreparedData, Split
+    from tunesmith.data.pipeline import Split
     from tunesmith.runner import choose_training_heap
 
     cfg, tok, data, model_path = load_setup(args)
@@ -241,7 +316,7 @@ def run_tunesmith(args: argparse.Namespace) -> dict[str, Any]:
     if not args.default_malloc and model_path is not None:
         choose_training_heap(cfg, model_path, data, None, quiet)  # train.heap, as `tunesmith train` does
     model = build_model(args, model_path, len(tok))
-    no_val = PreparedData(data.train, Split([], []), data.test, data.preflight)  # eval is scored afterwards
+    no_val = dataclasses.replace(data, val=Split([], []))  # eval is scored afterwards
     with tempfile.TemporaryDirectory() as tmp:
         sync(args.device)
         t0 = time.perf_counter()
@@ -265,6 +340,28 @@ def run_tunesmith(args: argparse.Namespace) -> dict[str, Any]:
             "heap": cfg.train.heap,
             "compile": cfg.train.compile,
         },
+    }
+
+
+def run_plan(args: argparse.Namespace) -> dict[str, Any]:
+    """The plan's time for `--steps` steps of this config, computed from FLOPs and measured from a few real
+    steps (`tunesmith plan` and `plan --measure`), to set beside the tunesmith arm's measured time."""
+    from tunesmith.train.plan import DataStats, make_plan, measure_steps, target_device
+
+    cfg, tok, data, model_path = load_setup(args)
+    assert model_path is not None, "the plan is checked on the real model"
+    plan = make_plan(cfg, model_path, DataStats.from_prepared(data), target_device(None, args.threads))
+    pad = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    measured = measure_steps(cfg, model_path, data, plan, pad, steps=args.plan_steps)
+    per_step = args.steps / plan.steps_per_epoch
+    return {
+        "steps_per_epoch": plan.steps_per_epoch,
+        "padded_tokens_per_epoch": plan.padded_tokens_per_epoch,
+        "computed_seconds": (plan.seconds_per_epoch or 0.0) * per_step,
+        "measured_seconds": (measured["seconds_per_epoch"] or 0.0) * per_step,
+        "measure_steps_timed": args.plan_steps,
+        "gradient_checkpointing": plan.gradient_checkpointing,
+        "precision": plan.precision,
     }
 
 
@@ -403,6 +500,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.child == "plan":
+        return run_plan(args)
     if args.child.startswith("tunesmith"):
         if args.child == "tunesmith-compact":
             args.override = [*args.override, "train.heap=compact"]
@@ -422,6 +521,16 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 # The parent: alternate arms in fresh processes, take medians, compare
 
 
+def run_child(label: str, cmd: list[str]) -> dict[str, Any]:
+    """Run one arm in a fresh process; its RESULT line."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"{label}: failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return dict(json.loads(lines[-1][len("RESULT ") :]))
+
+
 def median_of(runs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(r[key] for r in runs))
 
@@ -429,6 +538,24 @@ def median_of(runs: list[dict[str, Any]], key: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40, help="Optimizer steps per arm (the example's 40).")
+    ap.add_argument(
+        "--data",
+        default="tickets",
+        choices=["tickets", "clinc", "docs"],
+        help="The data shape: the support-tickets example, CLINC150 short queries, or ~1k-token PEP documents "
+        "(pretrain).",
+    )
+    ap.add_argument("--config", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--plan-steps",
+        type=int,
+        default=4,
+        help="Also check the plan: its computed time and `plan --measure` (this many timed steps) against the "
+        "tunesmith arm's time; 0 leaves the plan out.",
+    )
+    ap.add_argument(
+        "--work", type=Path, help="Where the clinc/docs configs and data subsets go (default: temp)."
+    )
     ap.add_argument("--repeats", type=int, default=3, help="Runs per arm (alternating); medians reported.")
     ap.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS)
     ap.add_argument(
@@ -470,6 +597,9 @@ def main() -> None:
     if args.child:
         print("RESULT " + json.dumps(child(args)))
         return
+    work = args.work or Path(tempfile.mkdtemp(prefix="throughput-"))
+    work.mkdir(parents=True, exist_ok=True)
+    args.config = shape_config(args.data, work)
 
     import torch
 
@@ -497,6 +627,7 @@ def main() -> None:
             if first_seed_only and seed != seeds[0]:
                 continue
             cmd = [sys.executable, __file__, "--child", arm, "--steps", str(steps), "--device", args.device]
+            cmd += ["--config", str(args.config)]
             if args.shape:
                 cmd += ["--shape", args.shape, "--seq-len", str(args.seq_len)]
             if args.threads:
@@ -504,12 +635,7 @@ def main() -> None:
             overrides = [*args.override, *([f"train.seed={seed}"] if seed is not None else [])]
             if overrides:
                 cmd += ["--override", *overrides]
-            env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                raise SystemExit(f"{label}: failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-            r = json.loads(lines[-1][len("RESULT ") :])
+            r = run_child(label, cmd)
             r["seed"] = seed
             runs[label].append(r)
             print(
@@ -519,6 +645,35 @@ def main() -> None:
                 f"({r['seconds']:.1f} s)",
                 flush=True,
             )
+
+    plan = None
+    if args.plan_steps and not args.shape and "tunesmith" in runs:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "plan",
+            "--steps",
+            str(args.steps),
+            "--config",
+            str(args.config),
+        ]
+        cmd += [
+            "--plan-steps",
+            str(args.plan_steps),
+            *(["--threads", str(args.threads)] if args.threads else []),
+        ]
+        plan = run_child("plan", cmd + (["--override", *args.override] if args.override else []))
+        actual = median_of(runs["tunesmith"], "seconds")
+        plan["tunesmith_seconds"] = actual
+        plan["computed_error"] = round(plan["computed_seconds"] / actual - 1, 4)
+        plan["measured_error"] = round(plan["measured_seconds"] / actual - 1, 4)
+        print(
+            f"plan for {args.steps} steps: computed {plan['computed_seconds']:.1f} s "
+            f"({100 * plan['computed_error']:+.1f}%), measured ({args.plan_steps} steps) "
+            f"{plan['measured_seconds']:.1f} s ({100 * plan['measured_error']:+.1f}%); tunesmith took {actual:.1f} s",
+            flush=True,
+        )
 
     peak = peak_flops(args.device)
     summary: dict[str, dict[str, Any]] = {}
@@ -597,7 +752,8 @@ def main() -> None:
     if Path("/proc/cpuinfo").is_file():
         flags = Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split()
         cpu_flags = " ".join(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16"))
-    out = args.out or RESULTS / f"train_throughput-{args.device}{'-' + args.shape if args.shape else ''}.json"
+    tag = f"-{args.shape}" if args.shape else ("" if args.data == "tickets" else f"-{args.data}")
+    out = args.out or RESULTS / f"train_throughput-{args.device}{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     from tunesmith.io import atomic_write_text
 
@@ -607,7 +763,10 @@ def main() -> None:
             {
                 "what": "real (non-padding) tokens/s, peak memory, MFU and final loss: plain TRL SFTTrainer vs "
                 "tunesmith, same model, data, LoRA, schedule and steps; medians over alternating fresh processes",
-                "config": str(CONFIG.relative_to(ROOT)),
+                "data": args.data,
+                "config": str(CONFIG.relative_to(ROOT))
+                if args.data == "tickets"
+                else {**SHAPE_CONFIGS[args.data], "data": DATA_SOURCES[args.data]},
                 "steps": args.steps,
                 "repeats": args.repeats,
                 "seeds": args.seeds,
@@ -629,6 +788,7 @@ def main() -> None:
                 },
                 "arms": summary,
                 "comparisons": comparisons,
+                "plan": plan,
                 "runs": runs,
             },
             indent=2,

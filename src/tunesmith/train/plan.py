@@ -707,15 +707,18 @@ def make_plan(
 def measure_steps(
     cfg: RunConfig, model_path: str, data: PreparedData, plan: Plan, pad_id: int, steps: int = 2
 ) -> dict[str, Any]:
-    """Load the weights, apply the method, and time `steps` optimizer steps (after one warm-up step) on the
-    epoch's first batches. Returns tokens/s, seconds per epoch and the achieved share of peak FLOP/s."""
+    """Load the weights, apply the method, and time `steps` micro-batches (after one warm-up) of the epoch's
+    first batches, through the training loop's own step (`accumulate_step` with the run's objective: the
+    output head only at loss positions, packed or fused as configured). Returns tokens/s (padding
+    included, as the plan counts), seconds per epoch and the achieved share of peak FLOP/s."""
     import resource
 
     import torch
 
     from tunesmith.models import load_model
-    from tunesmith.train.batching import collate, micro_batches, token_loss_sum
+    from tunesmith.train.batching import BatchStream, accumulate_step
     from tunesmith.train.methods import apply_method
+    from tunesmith.train.objectives import make_objective
 
     tc = cfg.train
     if tc.objective not in ("sft", "pretrain"):
@@ -744,23 +747,25 @@ def measure_steps(
     device = "cuda" if plan.device_kind == "cuda" and torch.cuda.is_available() else "cpu"
     model.to(device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=plan.precision == "bf16")
+    objective = make_objective(tc.objective, model, packed=tc.packing, fused=tc.kernels == "liger")
     lengths = [len(e.input_ids) for e in examples]
-    batches = micro_batches(lengths, tc.batch_size, tc.seed, tc.group_by_length)
+    batches = BatchStream(lengths, tc.batch_size, tc.seed, tc.group_by_length)
     timed_tokens, timed = 0, 0.0
     for step in range(steps + 1):
         _, idx = next(batches)
-        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
+        chunk = [examples[i] for i in idx]
+        if device == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         with autocast:
-            loss = token_loss_sum(model, batch) / max(int((batch["labels"][:, 1:] != -100).sum()), 1)
-        loss.backward()
+            accumulate_step(model, [chunk], pad_id, lambda loss: loss.backward(), objective=objective)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if device == "cuda":
             torch.cuda.synchronize()
         if step > 0:
             timed += time.perf_counter() - t0
-            timed_tokens += batch["input_ids"].numel()
+            timed_tokens += len(chunk) * max(len(e.input_ids) for e in chunk)  # padded, as the plan counts
     tok_s = timed_tokens / timed
     achieved = (
         plan.flops_per_epoch / plan.padded_tokens_per_epoch * tok_s if plan.padded_tokens_per_epoch else 0
