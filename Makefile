@@ -49,7 +49,7 @@ pytest:
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples scripts
 	$(BIN)/ruff format --check src tests benchmarks examples scripts
-	$(BIN)/mypy src
+	$(BIN)/mypy src benchmarks
 
 check: lint test
 

@@ -234,7 +234,7 @@ def _helper_peak_mb(texts: list[str]) -> float:
     chunks), measured in a process of its own since the real helper exits before it could be read."""
 
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(dedup._sketch_chunk, texts[:4096], 128, 1) for _ in range(dedup._IN_FLIGHT)]
+        futures = [pool.submit(dedup.sketch_texts, texts[:4096], 128, 1) for _ in range(dedup._IN_FLIGHT)]
         for f in futures:
             f.result()
         return pool.submit(_peak_rss_mb).result()

@@ -193,7 +193,7 @@ def main() -> None:
     train, test = _clinc("train"), _clinc("test")
     with tempfile.TemporaryDirectory() as tmp:
         current = current_stage(Path(tmp))
-    result = {
+    result: dict[str, Any] = {
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
         "fixture": fixture_quality(),
         "clinc150": {

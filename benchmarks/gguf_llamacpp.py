@@ -42,7 +42,7 @@ def main() -> None:
     tok = load_tokenizer(str(run / "adapter"))
     merged = load_model(str(run / "export" / "merged")).eval()
     stops = stop_token_ids(tok, merged.generation_config)
-    end_of_turn = tok.convert_ids_to_tokens(stops[0])
+    end_of_turn = str(tok.convert_ids_to_tokens(stops[0]))
     tests = read_prepared_examples(run / "data" / "test.jsonl")[: args.prompts]
     results: dict[str, object] = {"run": run.name, "tokens": args.tokens, "load_average": os.getloadavg()}
     for quant in ("f16", "q8_0"):
@@ -50,7 +50,7 @@ def main() -> None:
         rows = []
         for ex in tests:
             ids = encode_prompt(tok, ex.messages)
-            text = tok.decode(ids)
+            text = str(tok.decode(ids))
             with torch.inference_mode():
                 out = merged.generate(
                     input_ids=torch.tensor([ids]),
@@ -62,7 +62,7 @@ def main() -> None:
                 )
             new = out[0, len(ids) :].tolist()
             cut = next((k for k, t in enumerate(new) if t in stops), len(new))
-            hf = tok.decode(new[:cut], skip_special_tokens=True).strip()
+            hf = str(tok.decode(new[:cut], skip_special_tokens=True)).strip()
             proc = subprocess.run(
                 [str(args.llama_simple), "-m", str(gguf), "-n", str(args.tokens), text],
                 capture_output=True,

@@ -229,7 +229,7 @@ def trl_child(data: Path) -> dict[str, Any]:
         return list(csv.DictReader((data / f"{split}.csv").open(encoding="utf-8")))
 
     train, test = rows("train"), rows("test")
-    path = resolve_model(BASE["model"])
+    path = resolve_model(str(BASE["model"]))
     tok = AutoTokenizer.from_pretrained(path)
     # What a user's script gets from from_pretrained; float32 on a CPU (the converted weights' dtype).
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
