@@ -33,10 +33,18 @@ the report takes each arm's median. Figures:
     # over 3 seeds (one seed's data order moves the held-out loss by a few percent)
     PYTHONPATH=src .venv/bin/python benchmarks/train_throughput.py --repeats 1 --short-arms trl --short-steps 8 \
         --seeds 0 1 2
+    # the three data shapes of the README table (support tickets, CLINC150 short rows, ~1k-token PEP documents
+    # for pretrain), then the table and its PNG:
+    for d in tickets clinc docs; do PYTHONPATH=src .venv/bin/python benchmarks/train_throughput.py --data $d \
+        --steps 16 --repeats 1 --arms trl trl-tuned tunesmith --short-arms trl --short-steps 2; done
+    PYTHONPATH=src .venv/bin/python benchmarks/train_throughput.py --table
     # GPU, a random model of a real shape at 2048 tokens (weights do not change speed):
     PYTHONPATH=src python benchmarks/train_throughput.py --device cuda --shape llama-3.2-1b --seq-len 2048
 
-Writes benchmarks/results/train_throughput-<device>[-<shape>].json and prints a table.
+With `--plan-steps N` (default 4) the run also checks the plan: `tunesmith plan`'s computed time for the
+same steps and `plan --measure`'s (N timed steps), each against the tunesmith arm's steps (metrics elapsed_s).
+
+Writes benchmarks/results/train_throughput-<device>[-<shape>|-clinc|-docs].json and prints a table.
 """
 
 from __future__ import annotations
@@ -524,6 +532,72 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 # The parent: alternate arms in fresh processes, take medians, compare
 
 
+SHAPE_NAMES = {
+    "clinc": "short rows (CLINC150, sft)",
+    "tickets": "support tickets (sft)",
+    "docs": "~1k-token documents (PEPs, pretrain)",
+}
+
+
+def shapes_table(device: str, png: Path) -> str:
+    """The three shapes side by side from their result files: a markdown table, and a PNG of tokens/s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, bars = [], {}
+    header = (
+        "| shape | arm | steps | real tokens/s | vs TRL defaults | vs TRL tuned | peak RSS | held-out loss "
+        "(vs TRL, same steps) | plan: computed / measured vs the steps' time |\n|---|---|---|---|---|---|---|---|---|"
+    )
+    for data, name in SHAPE_NAMES.items():
+        path = RESULTS / f"train_throughput-{device}{'' if data == 'tickets' else '-' + data}.json"
+        if not path.is_file():
+            continue
+        r = json.loads(path.read_text(encoding="utf-8"))
+        arms, comps, plan = r["arms"], r["comparisons"], r.get("plan")
+        bars[name] = {a: arms[a]["real_tokens_per_s"] for a in ("trl", "trl-tuned", "tunesmith") if a in arms}
+        for arm in ("trl", "trl-tuned", "tunesmith"):
+            if arm not in arms:
+                continue
+            a = arms[arm]
+            vs = {peer: comps.get(f"{arm}_vs_{peer}") for peer in ("trl", "trl-tuned")}
+            loss = a["heldout_loss"]
+            loss_note = ""
+            if arm == "tunesmith":
+                c = vs["trl"] or {}
+                if c.get("heldout_loss_rel_diff") is not None:
+                    loss_note = (
+                        f" ({100 * c['heldout_loss_rel_diff']:+.1f}% at {c['loss_compared_at_steps']} steps)"
+                    )
+                c = vs["trl-tuned"] or {}
+                if c.get("heldout_loss_rel_diff") is not None:
+                    loss_note += f" ({100 * c['heldout_loss_rel_diff']:+.1f}% vs tuned)"
+            plan_cell = (
+                f"{100 * plan['computed_error']:+.0f}% / {100 * plan['measured_error']:+.0f}%"
+                if plan and arm == "tunesmith"
+                else ""
+            )
+            rows.append(
+                f"| {name} | {arm} | {a['steps']} | {a['real_tokens_per_s']:.1f} | "
+                + " | ".join(f"{vs[p]['speedup']:.2f}x" if vs[p] else "" for p in ("trl", "trl-tuned"))
+                + f" | {a['peak_memory_bytes'] / 2**30:.2f} GiB | {loss:.4f}{loss_note} | {plan_cell} |"
+            )
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.27
+    for i, arm in enumerate(("trl", "trl-tuned", "tunesmith")):
+        xs = [k + (i - 1) * width for k in range(len(bars))]
+        ax.bar(xs, [b.get(arm, 0.0) for b in bars.values()], width, label=arm)
+    ax.set_xticks(range(len(bars)), list(bars), fontsize=8)
+    ax.set_ylabel("real (non-padding) tokens/s")
+    ax.set_title(f"Training throughput on three data shapes ({device}), SmolLM2-135M + LoRA r16")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    return header + "\n" + "\n".join(rows)
+
+
 def run_child(label: str, cmd: list[str]) -> dict[str, Any]:
     """Run one arm in a fresh process; its RESULT line."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -595,8 +669,18 @@ def main() -> None:
         "another arm's). The --short-arms always do.",
     )
     ap.add_argument("--out", type=Path, help="Write the JSON here (default: benchmarks/results/...).")
+    ap.add_argument(
+        "--table",
+        action="store_true",
+        help="Print the three shapes' results (from their JSON files) as one table and write the PNG.",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.table:
+        png = RESULTS / f"train_throughput-{args.device}-shapes.png"
+        print(shapes_table(args.device, png))
+        print(f"wrote {png}")
+        return
     if args.child:
         print("RESULT " + json.dumps(child(args)))
         return
