@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import glob
 import json
 import os
+import re
 import shutil
+import socket
 import sqlite3
 import sys
 import tempfile
@@ -27,10 +30,45 @@ _FILE_MODE = 0o666 & ~_umask()
 _DIR_MODE = 0o777 & ~_umask()
 
 
+def _temp_prefix(path: Path) -> str:
+    """The name start of `path`'s temp copies: it names the writer (host and process), so a later writer
+    can tell a leftover of a killed process from a copy still being written (`remove_stale_temps`)."""
+    return f".{path.name}.{socket.gethostname()}-{os.getpid()}-"
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete the temp copies of `path` that a process on this host left when it was killed mid-write (a
+    SIGKILL, the OOM killer, a power cut: no `finally` ran). A temp of a live process, or of another host
+    (a shared folder), is kept. Returns what was removed."""
+    pattern = re.compile(re.escape(f".{path.name}.{socket.gethostname()}-") + r"(\d+)-.*\.tmp")
+    removed = []
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        m = pattern.fullmatch(p.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -112,11 +150,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     old copy or the whole new one, never a part. An existing `path` is swapped with the new folder in one
     step (renameat2 RENAME_EXCHANGE) and deleted only after the new copy is in place; where the OS cannot
     swap, two renames are used and an interrupted pair is undone by the next call (`_restore_interrupted`).
+    The temp copy a killed writer left is deleted by the next call too (`remove_stale_temps`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _restore_interrupted(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         os.chmod(tmp, _DIR_MODE)  # mkdtemp makes 0700; the final folder should look like any other
         yield tmp

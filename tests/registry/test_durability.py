@@ -116,6 +116,7 @@ def test_a_process_killed_inside_atomic_dir_leaves_a_whole_copy(tmp_path: Path, 
     assert _write_in_child(target, mode) == 9
     if mode == "mid-write":  # the new copy never replaced the old one
         assert (target / "weights.bin").read_bytes() == b"old"
+        assert [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # the killed writer's half copy
     else:  # killed between the two renames: the next writer puts the old copy back first
         assert not target.exists()
         with pytest.raises(RuntimeError), io.atomic_dir(target):
@@ -125,6 +126,27 @@ def test_a_process_killed_inside_atomic_dir_leaves_a_whole_copy(tmp_path: Path, 
     assert _write_in_child(target, "complete") == 0
     assert (target / "weights.bin").read_bytes() == b"new" * 1000
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".adapter.old")]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # removed by the next writer
+
+
+def test_a_temp_copy_still_being_written_is_kept(tmp_path: Path) -> None:
+    """Only a dead writer's temp copy is removed: one of a live process, or of another host, stays."""
+    import socket
+
+    target = tmp_path / "adapter"
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f".adapter.{socket.gethostname()}-{alive.pid}-abc.tmp"
+        other_host = tmp_path / ".adapter.elsewhere-1-abc.tmp"
+        live.mkdir()
+        other_host.mkdir()
+        _old_copy(target)
+        assert live.is_dir() and other_host.is_dir()
+    finally:
+        alive.kill()
+        alive.wait()
+    _old_copy(target)
+    assert not live.exists() and other_host.is_dir()
 
 
 def test_atomic_dir_swaps_in_one_step_where_the_os_can(tmp_path: Path) -> None:
