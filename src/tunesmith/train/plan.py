@@ -729,6 +729,11 @@ def measure_steps(
     examples = cast(list[Encoded], data.train.encoded)  # sft and pretrain encode to Encoded
     if tc.threads:
         torch.set_num_threads(tc.threads)
+    if plan.device_kind == "cpu":
+        # The heap policy the run would use (train.heap): `fast` trains up to ~1.8x faster than `compact`.
+        from tunesmith.malloc import choose_heap, set_heap
+
+        set_heap(choose_heap(tc.heap, plan.memory.peak, plan.available))
     model: Any = load_model(model_path)
     if plan.method == "full":
         for p in model.parameters():
