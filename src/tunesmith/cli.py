@@ -120,23 +120,30 @@ def plan(
         ),
     ] = None,
     measure: Annotated[
-        bool, typer.Option(help="Also load the weights and time a few real steps (this machine only).")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--measure/--no-measure",
+            help="Load the weights and time a few real steps on this machine. Default: when the plan fits and "
+            "the steps are cheap (under a minute by the computed time); not with --gpu.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plans as JSON on stdout.")] = False,
 ) -> None:
     """Parameters, peak memory (weights, gradients, optimizer, activations, overhead) and time per epoch,
-    from the model's config and the prepared data, without loading weights. Exit 3 when no planned method fits."""
-    import json
+    from the model's config and the prepared data, without loading weights; then, on this machine, the time
+    of a few real steps when the plan fits and they are cheap. Exit 3 when no planned method fits."""
 
     from tunesmith.runner import check_data, resolve_recipe
     from tunesmith.train.plan import (
         DataStats,
+        fmt_bytes,
         make_plan,
         measure_steps,
         plan_footnote,
         plans_json,
         plans_table,
         target_device,
+        why_not_measured,
     )
 
     cfg = _config(config, overrides)
@@ -148,12 +155,16 @@ def plan(
         device = target_device(gpu, cfg.train.threads)
         stats = DataStats.from_prepared(data)
         plans = [make_plan(cfg, model_path, stats, device, m) for m in names]
-        if measure:
-            if gpu not in (None, "cpu"):
-                raise PlanError("--measure times this machine; leave out --gpu")
-            pad = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-            for p in plans:
+        here = gpu in (None, "cpu")
+        if measure and not here:
+            raise PlanError("--measure times this machine; leave out --gpu")
+        pad = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        for p in plans:
+            why = why_not_measured(cfg, p) if measure is None and here else None
+            if measure or (measure is None and here and why is None):
                 p.measured = measure_steps(cfg, model_path, data, p, pad)
+            elif why:
+                quiet.print(f"[dim]{p.method}: time from FLOPs only ({why})[/dim]", highlight=False)
     except (DataError, ModelError) as e:
         raise _fail(e) from None
     except (PlanError, PrecisionError) as e:
@@ -164,8 +175,15 @@ def plan(
         console.print(plans_table(plans))
         console.print(f"[dim]{plan_footnote(plans[0])}[/dim]")
         for p in plans:
-            if p.measured:
-                console.print(f"[dim]{p.method} measured: {json.dumps(p.measured)}[/dim]")
+            if m := p.measured:
+                console.print(
+                    f"[dim]{p.method} measured: {m['steps_timed']} steps after a warm-up, "
+                    f"{m['tokens_per_s']:,.0f} tokens/s (padding included)"
+                    + (f", {100 * m['mfu']:.0f}% of the matmul peak" if m.get("mfu") else "")
+                    + (f", peak RSS {fmt_bytes(m['peak_rss'])}" if m.get("peak_rss") else "")
+                    + "[/dim]",
+                    highlight=False,
+                )
     unfit = [p for p in plans if not p.fits]
     for p in unfit:
         console.print(f"[red bold]does not fit:[/red bold] {p.refusal()}", highlight=False)

@@ -211,3 +211,34 @@ def test_prepared_run_records_the_plan(toy_config: Path) -> None:
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["plan"]["method"] == "lora" and manifest["plan"]["memory"]["peak"] > 0
     assert json.loads((run / "data" / "preflight.json").read_text())["plan"]["fits"] is True
+
+
+def test_plan_times_real_steps_when_cheap_and_says_why_not_otherwise(
+    toy_config: Path, planned: tuple[Any, str, DataStats]
+) -> None:
+    from tunesmith.train.plan import MEASURE_MAX_S, MEASURE_STEPS, why_not_measured
+
+    # On this machine, by default: the tiny model's steps are timed, for each planned method.
+    proc = cli_here("plan", str(toy_config), "--json", "--method", "lora", "--method", "full")
+    assert proc.returncode == 0, proc.stderr
+    plans = json.loads(proc.stdout)
+    for p in plans:
+        m = p["measured"]
+        assert m["steps_timed"] == MEASURE_STEPS and m["tokens_per_s"] > 0 and m["seconds_per_epoch"] > 0
+    proc = cli_here("plan", str(toy_config), "--json", "--no-measure")
+    assert proc.returncode == 0 and json.loads(proc.stdout)[0]["measured"] is None
+    proc = cli_here("plan", str(toy_config), "--gpu", "h100", "--measure")
+    assert proc.returncode == 3 and "--measure times this machine" in proc.stderr
+    proc = cli_here("plan", str(toy_config), "--method", "ia3")
+    assert proc.returncode == 0 and "time from FLOPs only" in proc.stderr and "measured" not in proc.stderr
+
+    # The rule: a plan whose steps would take over MEASURE_MAX_S, or that does not fit, is not timed.
+    cfg, model, stats = planned
+    plan = make_plan(cfg, model, stats, CPU)
+    assert why_not_measured(cfg, plan) is None
+    batches = plan.steps_per_epoch * cfg.train.grad_accum
+    slow = dataclasses.replace(plan, seconds_per_epoch=2 * MEASURE_MAX_S * batches)
+    assert "--measure" in (why_not_measured(cfg, slow) or "")
+    assert "does not fit" in (why_not_measured(cfg, dataclasses.replace(plan, fits=False)) or "")
+    classify = cfg.model_copy(update={"train": cfg.train.model_copy(update={"objective": "classify"})})
+    assert "from its shapes alone" in (why_not_measured(classify, plan) or "")

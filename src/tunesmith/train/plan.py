@@ -704,8 +704,32 @@ def make_plan(
 # Measuring real steps (CPU or the current GPU): the time, and the peak memory so far
 
 
+# `tunesmith plan` times real steps by default when that is cheap: MEASURE_STEPS micro-batches after one
+# warm-up, when the computed time of those says they take at most MEASURE_MAX_S.
+MEASURE_STEPS = 4
+MEASURE_MAX_S = 60.0
+
+
+def why_not_measured(cfg: RunConfig, plan: Plan, steps: int = MEASURE_STEPS) -> str | None:
+    """Why `tunesmith plan` does not time real steps of `plan` by default (None: it does). The computed time
+    misses what FLOPs do not count (per-layer overheads that dominate short rows, the allocator), so a
+    few real steps on this machine give the time; they are skipped when they cannot run or would be slow."""
+    if cfg.train.objective not in ("sft", "pretrain"):
+        return f"train.objective {cfg.train.objective} is timed from its shapes alone"
+    if plan.method not in (cfg.method.name, "full"):
+        return f"only the configured method ({cfg.method.name}) or full is timed"
+    if not plan.fits:
+        return "the plan does not fit this machine's memory"
+    batches = plan.steps_per_epoch * max(cfg.train.grad_accum, 1)
+    if plan.seconds_per_epoch and batches:
+        cost = plan.seconds_per_epoch / batches * (steps + 1)
+        if cost > MEASURE_MAX_S:
+            return f"{steps + 1} real steps would take about {fmt_seconds(cost)}: ask for them with --measure"
+    return None
+
+
 def measure_steps(
-    cfg: RunConfig, model_path: str, data: PreparedData, plan: Plan, pad_id: int, steps: int = 2
+    cfg: RunConfig, model_path: str, data: PreparedData, plan: Plan, pad_id: int, steps: int = MEASURE_STEPS
 ) -> dict[str, Any]:
     """Load the weights, apply the method, and time `steps` micro-batches (after one warm-up) of the epoch's
     first batches, through the training loop's own step (`accumulate_step` with the run's objective: the
@@ -822,11 +846,16 @@ def plans_table(plans: Sequence[Plan]) -> Any:
         ),
         ("tokens / epoch (padded)", lambda p: f"{p.padded_tokens_per_epoch:,}"),
         ("FLOPs / epoch", lambda p: f"{p.flops_per_epoch:.2e}"),
-        ("time / epoch", lambda p: fmt_seconds(p.seconds_per_epoch)),
+        ("time / epoch (from FLOPs)", lambda p: fmt_seconds(p.seconds_per_epoch)),
     ]
     if any(p.measured for p in plans):
         rows.append(
-            ("measured time / epoch", lambda p: fmt_seconds((p.measured or {}).get("seconds_per_epoch")))
+            (
+                "[bold]time / epoch (measured)[/bold]",
+                lambda p: (
+                    f"[bold]{fmt_seconds(p.measured['seconds_per_epoch'])}[/bold]" if p.measured else "-"
+                ),
+            )
         )
     for label, f in rows:
         t.add_row(label, *[f(p) for p in plans])
@@ -856,5 +885,6 @@ __all__ = [
     "make_plan",
     "measure_steps",
     "resolve_precision",
+    "why_not_measured",
     "target_device",
 ]
