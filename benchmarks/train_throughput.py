@@ -99,10 +99,6 @@ DATA_SOURCES = {
 
 def shape_config(data: str, work: Path) -> Path:
     """The config file of data shape `data` (written under `work` for clinc and docs)."""
-    import collections
-    import csv
-    import random
-
     import yaml
 
     if data == "tickets":
@@ -111,20 +107,10 @@ def shape_config(data: str, work: Path) -> Path:
     cfg["name"] = f"throughput-{data}"
     cfg["runs_dir"] = str(work / "runs")
     if data == "clinc":
-        files = {}
-        for split, k in CLINC_PER_INTENT.items():
-            rows = list(csv.DictReader((CLINC / f"{split}.csv").open(encoding="utf-8")))
-            by: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
-            for r in rows:
-                by[r["intent"]].append(r)
-            rng = random.Random(0)
-            picked = [r for lab in sorted(by) for r in rng.sample(by[lab], k)]
-            rng.shuffle(picked)
-            files[split] = work / f"clinc-{split}.csv"
-            with files[split].open("w", newline="", encoding="utf-8") as f:
-                w = csv.DictWriter(f, ["query", "intent"])
-                w.writeheader()
-                w.writerows(picked)
+        from quality_clinc import subset  # the same seeded sample as the quality benchmark's
+
+        subset(work, CLINC_PER_INTENT, seed=0)
+        files = {split: work / f"{split}.csv" for split in CLINC_PER_INTENT}
         cfg["data"] = {
             "train": str(files["train"]),
             "val": str(files["val"]),
