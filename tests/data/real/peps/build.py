@@ -51,7 +51,9 @@ def cut(text: str) -> str:
 
 def main(repo: Path, commit: str) -> None:
     names = sorted(
-        n for n in git(repo, "ls-tree", "-r", "--name-only", commit).split() if re.fullmatch(r"peps/pep-\d{4}\.rst", n)
+        n
+        for n in git(repo, "ls-tree", "-r", "--name-only", commit).split()
+        if re.fullmatch(r"peps/pep-\d{4}\.rst", n)
     )
     rows = []
     for name in names:
