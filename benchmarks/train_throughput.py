@@ -443,8 +443,8 @@ def run_trl(args: argparse.Namespace, tuned: bool) -> dict[str, Any]:
             own: 1.1468)."""
 
             def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
-                if self.lr_scheduler is None:
-                    self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                if getattr(self, "lr_scheduler", None) is None:
+                    self.lr_scheduler: Any = torch.optim.lr_scheduler.LambdaLR(
                         cast(Any, optimizer or self.optimizer),
                         lambda s: get_lr(s, tc.max_steps, warmup, 1.0, tc.min_lr_ratio),
                     )
