@@ -714,14 +714,22 @@ MEASURE_STEPS = 4
 MEASURE_MAX_S = 60.0
 
 
-def why_not_measured(cfg: RunConfig, plan: Plan, steps: int = MEASURE_STEPS) -> str | None:
-    """Why `tunesmith plan` does not time real steps of `plan` by default (None: it does). The computed time
-    misses what FLOPs do not count (per-layer overheads that dominate short rows, the allocator), so a
-    few real steps on this machine give the time; they are skipped when they cannot run or would be slow."""
+def _untimeable(cfg: RunConfig, plan: Plan) -> str | None:
+    """Why real steps of `plan` cannot be timed at all (None: they can): `measure_steps` runs the token
+    objectives, on the configured method or full."""
     if cfg.train.objective not in ("sft", "pretrain"):
         return f"train.objective {cfg.train.objective} is timed from its shapes alone"
     if plan.method not in (cfg.method.name, "full"):
         return f"only the configured method ({cfg.method.name}) or full is timed"
+    return None
+
+
+def why_not_measured(cfg: RunConfig, plan: Plan, steps: int = MEASURE_STEPS) -> str | None:
+    """Why `tunesmith plan` does not time real steps of `plan` by default (None: it does). The computed time
+    misses what FLOPs do not count (per-layer overheads that dominate short rows, the allocator), so a
+    few real steps on this machine give the time; they are skipped when they cannot run or would be slow."""
+    if why := _untimeable(cfg, plan):
+        return why
     if not plan.fits:
         return "the plan does not fit this machine's memory"
     batches = plan.steps_per_epoch * max(cfg.train.grad_accum, 1)
@@ -749,11 +757,8 @@ def measure_steps(
     from tunesmith.train.objectives import make_objective
 
     tc = cfg.train
-    if tc.objective not in ("sft", "pretrain"):
-        raise PlanError(
-            f"--measure times the token objectives (sft, pretrain); train.objective {tc.objective} is planned "
-            "from its shapes alone: leave out --measure"
-        )
+    if why := _untimeable(cfg, plan):
+        raise PlanError(f"--measure: {why}; leave out --measure")
     examples = cast(list[Encoded], data.train.encoded)  # sft and pretrain encode to Encoded
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -766,12 +771,8 @@ def measure_steps(
     if plan.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
-    elif plan.method == cfg.method.name:
+    else:  # the configured method (`_untimeable`)
         model = apply_method(model, cfg.method)
-    else:
-        raise PlanError(
-            f"--measure times the configured method ({cfg.method.name}) or full, not {plan.method}"
-        )
     if plan.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
