@@ -14,7 +14,7 @@ EXAMPLE := examples/support-tickets/tunesmith.yaml
 TORCH_WHEELS ?= /opt/wheels
 export TORCH_WHEELS
 
-.PHONY: setup demo test pytest lint check lock upgrade clean
+.PHONY: setup demo test pytest lint check lock upgrade clean llama-server
 
 $(STAMP): $(LOCK) pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
@@ -58,6 +58,11 @@ lock: $(STAMP)
 
 upgrade: setup
 	scripts/upgrade
+
+# llama.cpp's server, built from pinned source into $$TUNESMITH_HOME/llama.cpp/: the GGUF export's chat-path
+# check and the serving benchmark's peer use it (CI builds it; elsewhere the check is skipped without it).
+llama-server:
+	scripts/build-llama-server
 
 clean:
 	rm -rf $(VENV) runs

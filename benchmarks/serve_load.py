@@ -1,18 +1,27 @@
-"""Load on a live `tunesmith serve` over loopback: requests/s and latency percentiles, and which errors.
+"""Load on a live `tunesmith serve` over loopback, and on llama.cpp's server in the same run: tokens/s and latency.
 
-    PYTHONPATH=src python benchmarks/serve_load.py --model tiny                         # ~1 min
-    PYTHONPATH=src python benchmarks/serve_load.py --model smollm2 --run runs/<id>      # a trained SmolLM2 run
+    PYTHONPATH=src python benchmarks/serve_load.py --model tiny                                   # ~1 min
+    # SmolLM2: two LoRA runs of one base in one runs folder; the first also exported as a q8_0 GGUF
+    PYTHONPATH=src python benchmarks/serve_load.py --model smollm2 --run runs/A --second-run runs/B \
+        --llama-server PATH/TO/llama-server --gguf runs/A/export/gguf-q8_0/model-q8_0.gguf
 
 `tiny` builds the 2-layer Llama of the tests (real SmolLM2 tokenizer) and trains a 2-step LoRA run on the
-toy task under benchmarks/.work/ first. The server runs in a subprocess with `--max-concurrency LIMIT`;
-for each client count C, C threads each send chat requests back to back (`max_tokens` fixed, greedy) until
+toy task under benchmarks/.work/ first. Arms, each a server in its own subprocess, one after the other:
+
+  tunesmith-1   `tunesmith serve A`: every request for A
+  tunesmith-2   `tunesmith serve A B` (with --second-run): requests alternate between A and B, so the running
+                batch mixes the two adapters (peft's mixed-adapter forward)
+  llama.cpp     `llama-server -m GGUF --jinja -np MAXCLIENTS` (with --llama-server and --gguf): the merged A
+                in q8_0, one slot per client, continuous batching (its default), the GGUF's chat template
+
+For each client count C, C threads each send chat requests back to back (`max_tokens` fixed, greedy) until
 `--requests` have been answered in total; a 429 is retried after 250 ms, as a well-behaved client would
 (attempts are capped at 20x the requests). Latency is measured per request by the client (non-streaming, so
-request to last byte). Only two outcomes are designed: 200, and 429 when more than LIMIT requests are in
-flight; anything else is counted as an error and makes the script exit 1. Bounded: every request has a
-client timeout, and the run stops after the last client count. The machine's load average is recorded
-before and after, since it says how far the numbers can be trusted on a shared machine.
-Results: benchmarks/results/serve_load-<model>.json.
+request to last byte). Only 200 and 429 are designed outcomes; anything else is counted as an error and
+makes the script exit 1. The goal printed at the end (issue 16): at 8 clients at least 5x the 1-client
+completion tokens/s, with p95 latency at most 3x the 1-client p95; and each arm against llama.cpp, as a
+ratio at every client count. Server and clients share this machine's cores, for every arm alike; the load
+average is recorded before and after. Results: benchmarks/results/serve_load-<model>.json.
 """
 
 from __future__ import annotations
@@ -90,8 +99,9 @@ def _round(x: float | None) -> float | None:
 
 
 def load_level(
-    url: str, model: str, clients: int, total: int, max_tokens: int, prompts: list[str]
+    url: str, models: list[str], clients: int, total: int, max_tokens: int, prompts: list[str]
 ) -> dict[str, Any]:
+    """C clients until `total` requests are answered; request i asks for models[i % len(models)]."""
     import openai
 
     lock = threading.Lock()
@@ -100,7 +110,7 @@ def load_level(
 
     def worker() -> None:
         nonlocal answered, attempts
-        with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=300) as c:
+        with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=600) as c:
             while True:
                 with lock:
                     if answered >= total or attempts >= 20 * total:
@@ -111,7 +121,7 @@ def load_level(
                 tokens = 0
                 try:
                     r = c.chat.completions.create(
-                        model=model,
+                        model=models[i % len(models)],
                         messages=[{"role": "user", "content": prompts[i % len(prompts)]}],
                         max_tokens=max_tokens,
                         temperature=0,
@@ -145,6 +155,7 @@ def load_level(
         "status_counts": dict(counts),
         "errors": sum(n for s, n in counts.items() if s not in ("200", "429")),
         "ok_requests_per_s": round(len(ok) / wall, 3),
+        "completion_tokens": sum(n for s, _, n in results if s == 200),
         "completion_tokens_per_s": round(sum(n for s, _, n in results if s == 200) / wall, 1),
         "latency_ok_s": {
             "p50": _round(percentile(ok, 0.5)),
@@ -155,14 +166,72 @@ def load_level(
     }
 
 
+def run_arm(
+    name: str,
+    server: ServerProcess,
+    models: list[str],
+    clients: list[int],
+    args: argparse.Namespace,
+    prompts: list[str],
+) -> list[dict[str, Any]]:
+    levels = []
+    with server as srv:
+        load_level(srv.url, models, 1, 2, args.max_tokens, prompts)  # warm-up
+        for c in clients:
+            level = {
+                "arm": name,
+                **load_level(srv.url, models, c, max(args.requests, 2 * c), args.max_tokens, prompts),
+            }
+            print(json.dumps(level), flush=True)
+            levels.append(level)
+    return levels
+
+
+def goal(levels: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Issue 16's goal: 8 clients >= 5x the 1-client tokens/s, p95 at 8 clients <= 3x the 1-client p95."""
+    by = {lv["clients"]: lv for lv in levels}
+    if 1 not in by or 8 not in by:
+        return None
+    speedup = by[8]["completion_tokens_per_s"] / by[1]["completion_tokens_per_s"]
+    p95 = by[8]["latency_ok_s"]["p95"] / by[1]["latency_ok_s"]["p95"]
+    return {
+        "tokens_per_s_8_over_1": round(speedup, 2),
+        "p95_8_over_1": round(p95, 2),
+        "met": speedup >= 5 and p95 <= 3,
+    }
+
+
+def versus(levels: list[dict[str, Any]], peer: list[dict[str, Any]]) -> dict[str, Any]:
+    """tokens/s and p95 of an arm over the peer's, per client count."""
+    by = {lv["clients"]: lv for lv in peer}
+    return {
+        str(lv["clients"]): {
+            "tokens_per_s": round(
+                lv["completion_tokens_per_s"] / by[lv["clients"]]["completion_tokens_per_s"], 2
+            ),
+            "p95": round(lv["latency_ok_s"]["p95"] / by[lv["clients"]]["latency_ok_s"]["p95"], 2),
+        }
+        for lv in levels
+        if lv["clients"] in by and by[lv["clients"]]["completion_tokens_per_s"]
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
     ap.add_argument("--run", type=Path, help="Run directory to serve (required for smollm2).")
-    ap.add_argument("--clients", default="1,4,8", help="Client counts, comma-separated.")
-    ap.add_argument("--requests", type=int, default=40, help="Requests per client count.")
+    ap.add_argument("--second-run", type=Path, help="A second run of the same base, in the same runs folder.")
+    ap.add_argument("--llama-server", type=Path, help="A llama.cpp `llama-server` binary: the peer arm.")
+    ap.add_argument(
+        "--gguf", type=Path, help="The GGUF llama-server loads (`export --format gguf --quant q8_0`)."
+    )
+    ap.add_argument("--clients", default="1,4,8,16", help="Client counts, comma-separated.")
+    ap.add_argument(
+        "--requests", type=int, default=32, help="Requests per client count (at least 2 per client)."
+    )
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--limit", type=int, default=4, help="Server --max-concurrency.")
+    ap.add_argument("--limit", type=int, default=16, help="Server --max-concurrency.")
+    ap.add_argument("--out", type=Path, help="Default: benchmarks/results/serve_load-<model>.json")
     args = ap.parse_args()
 
     if args.model == "tiny":
@@ -171,37 +240,72 @@ def main() -> None:
         if args.run is None:
             ap.error("--model smollm2 needs --run RUN_DIR (a trained SmolLM2 run)")
         runs, run_id = args.run.resolve().parent, args.run.name
+    if args.second_run is not None and args.second_run.resolve().parent != runs:
+        ap.error("--second-run must be in the same runs folder as --run")
     prompts = [r["instruction"] for r in make_label_rows(50, seed=11)]
     if args.model == "smollm2":
         tickets = ROOT / "examples" / "support-tickets" / "data" / "tickets.jsonl"
         prompts = [json.loads(line)["instruction"] for line in tickets.read_text().splitlines()[:50]]
+    clients = [int(x) for x in args.clients.split(",")]
     load_before = os.getloadavg()
-    serve_args = [run_id, "--runs-dir", str(runs), "--api-key", KEY, "--max-concurrency", str(args.limit)]
-    levels = []
-    with ServerProcess([*serve_args, "--serve-dir", str(WORK / "serve")], WORK / "server.log") as srv:
-        load_level(srv.url, run_id, 1, 2, args.max_tokens, prompts)  # warm-up
-        for c in (int(x) for x in args.clients.split(",")):
-            level = load_level(srv.url, run_id, c, args.requests, args.max_tokens, prompts)
-            print(json.dumps(level), flush=True)
-            levels.append(level)
+    WORK.mkdir(parents=True, exist_ok=True)
+
+    def tunesmith(served: list[str]) -> ServerProcess:
+        return ServerProcess(
+            [*served, "--runs-dir", str(runs), "--api-key", KEY, "--max-concurrency", str(args.limit),
+             "--serve-dir", str(WORK / "serve")],
+            WORK / f"server-{len(served)}.log",
+        )  # fmt: skip
+
+    arms: dict[str, list[dict[str, Any]]] = {}
+    arms["tunesmith-1"] = run_arm("tunesmith-1", tunesmith([run_id]), [run_id], clients, args, prompts)
+    if args.second_run is not None:
+        both = [run_id, args.second_run.name]
+        arms["tunesmith-2"] = run_arm("tunesmith-2", tunesmith(both), both, clients, args, prompts)
+    if args.llama_server is not None and args.gguf is not None:
+        slots = max(clients)
+        peer = ServerProcess(
+            ["-m", str(args.gguf), "--jinja", "-np", str(slots), "-c", str(1024 * slots), "--host", "127.0.0.1",
+             "--api-key", KEY, "--no-webui"],
+            WORK / "llama-server.log",
+            command=[str(args.llama_server)],
+        )  # fmt: skip
+        arms["llama.cpp"] = run_arm("llama.cpp", peer, ["model"], clients, args, prompts)
     result = {
         "model": args.model,
-        "run": run_id,
+        "runs": [run_id, *([args.second_run.name] if args.second_run else [])],
+        "gguf": args.gguf.name if args.gguf else None,
         "server_max_concurrency": args.limit,
         "max_tokens": args.max_tokens,
         "requests_per_level": args.requests,
-        "levels": levels,
+        "arms": arms,
+        "goal": {name: goal(levels) for name, levels in arms.items()},
+        "vs_llama_cpp": {n: versus(lv, arms["llama.cpp"]) for n, lv in arms.items() if n != "llama.cpp"}
+        if "llama.cpp" in arms
+        else None,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
+        "cpu": _cpu_name(),
         "machine": platform.platform(),
         "note": "loopback, non-streaming, greedy; latency is client-side request to last byte",
     }
-    out = ROOT / "benchmarks" / "results" / f"serve_load-{args.model}.json"
+    out = args.out or ROOT / "benchmarks" / "results" / f"serve_load-{args.model}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"goal": result["goal"], "vs_llama_cpp": result["vs_llama_cpp"]}, indent=2))
     print(out)
-    if any(level["errors"] for level in levels):
+    if any(level["errors"] for levels in arms.values() for level in levels):
         sys.exit(1)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -69,21 +69,23 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`tunesmith serve ...` in a subprocess on a free loopback port; waits for /health."""
+    """`tunesmith serve ...` (or `command`, which is given `--port`) in a subprocess on a free loopback port;
+    waits for /health."""
 
-    def __init__(self, args: list[str], log: Path, timeout: float = 240.0):
+    def __init__(self, args: list[str], log: Path, timeout: float = 240.0, command: list[str] | None = None):
         import subprocess
         import sys
         import time
 
         import httpx
 
+        self.name = Path(command[0]).name if command else "tunesmith serve"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self._log_file = log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tunesmith.cli", "serve", *args, "--port", str(self.port)],
+            [*(command or [sys.executable, "-m", "tunesmith.cli", "serve"]), *args, "--port", str(self.port)],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
         )
@@ -91,7 +93,7 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self.stop()
-                raise RuntimeError(f"tunesmith serve exited with {self.proc.returncode}:\n{log.read_text()}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{log.read_text()}")
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                     return
@@ -99,7 +101,7 @@ class ServerProcess:
                 pass
             time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"tunesmith serve did not come up in {timeout:.0f}s:\n{log.read_text()}")
+        raise RuntimeError(f"{self.name} did not come up in {timeout:.0f}s:\n{log.read_text()}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

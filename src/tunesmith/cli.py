@@ -728,7 +728,10 @@ def serve_cmd(
             show_default=False,
         ),
     ] = None,
-    max_concurrency: Annotated[int, typer.Option(help="Requests admitted at once; more get 429.")] = 4,
+    max_concurrency: Annotated[
+        int,
+        typer.Option(help="Requests admitted at once (they decode together, in one batch); more get 429."),
+    ] = 16,
     timeout: Annotated[
         float, typer.Option(help="Seconds a request may take, waiting included (504 after).")
     ] = 60.0,

@@ -48,6 +48,16 @@ def test_merged_and_gguf_exports_are_verified(run_copy: Path) -> None:
         "chat_template_identical": True,
         "stop_tokens_recorded": True,
     }
+    # The same conversations as chat requests to llama.cpp's server on the file: same prompt text, same
+    # tokens, no answer running past its end (tests/export/test_llama_chat_parity.py plants those faults).
+    parity = report["chat_parity"]
+    if not parity["checked"]:
+        assert not os.environ.get("CI"), (
+            "CI builds llama-server (.ci/run): the chat path must be checked there"
+        )
+    else:
+        assert parity["template_identical"] == parity["tokens_identical"] == parity["conversations"] == 3
+        assert parity["ran_on"] == 0 and parity["passed"]
     out = run_copy / "export" / "ollama"
     assert (out / report["file"]).is_file()
     # The Modelfile's TEMPLATE, run through Go's text/template as Ollama runs it, renders every test

@@ -161,6 +161,35 @@ def _write_modelfile(
     return report
 
 
+def _chat_parity(
+    gguf: Path,
+    reference: Any,
+    tok: Any,
+    test: Any,
+    n_prompts: int,
+    max_tokens: int,
+    stops: list[int],
+    console: Console,
+) -> dict[str, Any]:
+    """The test conversations as chat requests to llama.cpp's server on the file (export.llamacpp): the
+    template, tokens and stops must agree; the answers' agreement is reported (a rounded file may flip a
+    near tie, and the weights are held to the logits check)."""
+    from tunesmith.export.llamacpp import chat_parity, conversations, find_llama_server, not_checked
+
+    binary = find_llama_server()
+    if binary is None:
+        skipped = not_checked()
+        console.print(
+            f"[yellow]export: chat path through llama.cpp not checked: {skipped['reason']}[/yellow]"
+        )
+        return skipped
+    convs = conversations(tok, test, n_prompts)
+    if not convs:
+        return {"checked": False, "reason": "no chat test conversations"}
+    console.print(f"export: {len(convs)} test conversations as chat requests to llama-server --jinja")
+    return chat_parity(binary, gguf, reference, tok, convs, max_tokens, stops)
+
+
 def export_run(
     run_dir: Path,
     fmt: str,
@@ -260,6 +289,11 @@ def export_run(
             }
             report["tokenizer"] = tokenizer_check
             tolerance = TOLERANCES[quant]
+            # Whole answers (the run's own eval limit), so the check sees where each one stops.
+            answer_tokens = min(cfg.eval.max_new_tokens, 256)
+            report["chat_parity"] = _chat_parity(
+                tmp / fname, reference, tok, test, n_prompts, answer_tokens, stops, console
+            )
         console.print(f"export {name}: comparing logits and greedy outputs")
         report["verification"] = compare_models(reference, exported, items, greedy_tokens, stops, tolerance)
         agreement = _eval_agreement(exported, tok, cfg, run_dir, n_prompts)
@@ -277,6 +311,9 @@ def export_run(
             and template["go_identical"] < template["conversations"]
         ):
             problems.append(f"Go's text/template renders the TEMPLATE differently from training: {template}")
+        parity = report.get("chat_parity")
+        if parity and parity["checked"]:
+            problems += [f"chat path through llama-server: {p}" for p in parity["problems"]]
         if tokenizer_check and not (
             tokenizer_check["prompts_tokenized_identically"] == 1.0
             and tokenizer_check["chat_template_identical"]

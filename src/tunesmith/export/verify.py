@@ -65,6 +65,13 @@ def _logits(model: Any, ids: list[int]) -> Any:
 
 
 def _greedy(model: Any, ids: list[int], max_new_tokens: int, stop_ids: Sequence[int]) -> list[int]:
+    return greedy_answer(model, ids, max_new_tokens, stop_ids)[0]
+
+
+def greedy_answer(
+    model: Any, ids: list[int], max_new_tokens: int, stop_ids: Sequence[int]
+) -> tuple[list[int], bool]:
+    """The greedy continuation of `ids` up to its first stop token (not included), and whether one came."""
     import torch
 
     with torch.inference_mode():
@@ -79,7 +86,7 @@ def _greedy(model: Any, ids: list[int], max_new_tokens: int, stop_ids: Sequence[
         )
     new: list[int] = out[0, len(ids) :].tolist()
     cut = next((k for k, t in enumerate(new) if t in stop_ids), len(new))
-    return new[:cut]
+    return new[:cut], cut < len(new)
 
 
 def compare_models(

@@ -72,7 +72,7 @@ INTERNAL_ERROR = "the server failed to generate an answer (the server log has th
 class Settings:
     api_keys: list[str] = field(default_factory=list)
     max_body_bytes: int = 1 << 20
-    max_concurrency: int = 4
+    max_concurrency: int = 16
     timeout_s: float = 60.0
     max_n: int = 4
     max_stop: int = 4
@@ -178,8 +178,8 @@ class Admission:
 
 
 class Job:
-    """One admitted generation request, run on its own thread (holding the model lock while it decodes);
-    events reach the event loop through an asyncio queue. The thread always ends: at the last token, at the
+    """One admitted generation request, run on its own thread (which reads its tokens from the engine's
+    running batch); events reach the event loop through an asyncio queue. The thread always ends: at the last token, at the
     deadline, or when the client goes away (`cancel`)."""
 
     def __init__(
@@ -208,53 +208,59 @@ class Job:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
 
     def _run(self) -> None:
-        locked = False
         try:
-            locked = self.engine.lock.acquire(timeout=max(0.0, self.deadline - time.monotonic()))
-            if not locked:
-                raise GenerationTimeout()
             for i in range(self.n):
                 sampling = self.sampling
                 if sampling.seed is not None and i:
                     sampling = dataclasses.replace(sampling, seed=sampling.seed + i)
                 if self.served.classifier:
                     self._label(i, sampling)
-                    continue
-                stream = TextStream(self.served.tokenizer, self.stops)
-                for tok_id in self.engine.decode(
-                    self.served, self.prompt, sampling, self.deadline, self.cancel
-                ):
-                    self.completion_tokens += 1
-                    if delta := stream.push(tok_id):
-                        self._put("delta", i, delta)
-                    if stream.stopped:
-                        break
-                if delta := stream.flush():
-                    self._put("delta", i, delta)
-                self.texts[i] = stream.text
-                hit_length = len(stream.ids) >= sampling.max_tokens and not stream.stopped
-                self.finish[i] = "length" if hit_length else "stop"
-                self._put("finish", i, self.finish[i])
+                else:
+                    self._choice(i, sampling)
         except (GenerationTimeout, Cancelled) as e:
             self.error = e
         except Exception as e:  # a 500 for the client (INTERNAL_ERROR); the details go to the server log
             log.exception("generation failed for %s", self.served.run_id)
             self.error = e
         finally:
-            if locked:
-                self.engine.lock.release()
             try:
                 self.on_done(self)
             finally:
                 self._put("end")
 
+    def _choice(self, i: int, sampling: Sampling) -> None:
+        """One generated answer, its text sent as it grows (the tokens come from the engine's running batch)."""
+        stream = TextStream(self.served.tokenizer, self.stops)
+        tokens = self.engine.decode(self.served, self.prompt, sampling, self.deadline, self.cancel)
+        try:
+            for tok_id in tokens:
+                self.completion_tokens += 1
+                if delta := stream.push(tok_id):
+                    self._put("delta", i, delta)
+                if stream.stopped:
+                    break
+        finally:
+            tokens.close()  # a stop string ended the text: the row leaves the batch now
+        if delta := stream.flush():
+            self._put("delta", i, delta)
+        self.texts[i] = stream.text
+        hit_length = len(stream.ids) >= sampling.max_tokens and not stream.stopped
+        self.finish[i] = "length" if hit_length else "stop"
+        self._put("finish", i, self.finish[i])
+
     def _label(self, i: int, sampling: Sampling) -> None:
-        """A classifier's answer: one label, whole (stop sequences do not apply to a label)."""
+        """A classifier's answer: one label, whole (stop sequences do not apply to a label). Classifier
+        requests take turns under the engine's lock, waiting for it no longer than their deadline."""
         if self.cancel.is_set():
             raise Cancelled()
         if time.monotonic() > self.deadline:
             raise GenerationTimeout()
-        label = self.engine.classify(self.served, self.prompt, sampling)
+        if not self.engine.lock.acquire(timeout=max(0.0, self.deadline - time.monotonic())):
+            raise GenerationTimeout()
+        try:
+            label = self.engine.classify(self.served, self.prompt, sampling)
+        finally:
+            self.engine.lock.release()
         self.completion_tokens += len(self.served.tokenizer(label, add_special_tokens=False)["input_ids"])
         self.texts[i], self.finish[i] = label, "stop"
         self._put("delta", i, label)

@@ -1,27 +1,30 @@
-"""One base model in memory, the adapters of several runs on it, and a token-by-token decoder.
+"""One base model in memory, the adapters of several runs on it, and a continuously batched decoder.
 
-peft keeps one active adapter per model, so a request sets its adapter and decodes under one lock:
-requests are served one at a time, and the concurrency limit in front (app.py) turns excess load into
-quick 429s instead of an unbounded queue. The decoder is a plain KV-cache loop, so streaming, stop
-strings, cancellation and the per-request deadline are all checked between two tokens. Chat answers of a
-run whose training answers are a closed set (labels, JSON of one schema) are decoded inside it, as eval
-decodes them (tunesmith.eval.constrain); raw-text completions are not.
+Generation requests decode together (tunesmith.serve.batcher): a request joins the running batch between
+two decode steps and leaves it when it ends, rows of different LoRA adapters of one base share a batch, and
+streaming, stop strings, cancellation and the per-request deadline are checked between two tokens. The
+concurrency limit in front (app.py) turns excess load into quick 429s instead of an unbounded queue. Chat
+answers of a run whose training answers are a closed set (labels, JSON of one schema) are decoded inside
+it, as eval decodes them (tunesmith.eval.constrain); raw-text completions are not.
 
 A classifier (`train.objective: classify`, on a decoder or a BERT-family encoder) is served alone, with its
 head: a chat completion's answer is one of its labels, the argmax of one forward pass (sampled from the
 label probabilities when a temperature is given), so a run that `tune` chose as a classifier deploys too.
+Its requests take turns under a lock: one forward each, nothing to batch across steps.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import CleanConfig
+from tunesmith.serve.batcher import DONE, Batcher, Cancelled, GenerationTimeout, Request
 
 if TYPE_CHECKING:
     from tunesmith.eval.constrain import Decoder
@@ -33,12 +36,8 @@ class ServeError(Exception):
     """Runs that cannot be served together (or at all), with the reason."""
 
 
-class GenerationTimeout(Exception):
-    pass
-
-
-class Cancelled(Exception):
-    pass
+# Re-exported: the errors a decode ends with, raised where the batcher thread reports them.
+__all__ = ["Cancelled", "Engine", "GenerationTimeout", "Sampling", "ServeError", "Served", "TextStream"]
 
 
 @dataclass
@@ -74,7 +73,11 @@ class Sampling:
 
 class Engine:
     def __init__(
-        self, run_dirs: Sequence[Path], aliases: dict[str, str] | None = None, device: str | None = None
+        self,
+        run_dirs: Sequence[Path],
+        aliases: dict[str, str] | None = None,
+        device: str | None = None,
+        max_batch: int = 32,
     ):
         import torch
 
@@ -186,6 +189,22 @@ class Engine:
             self.served[run_id].aliases.append(alias)
         self.names = {**{a: r for a, r in (aliases or {}).items()}, **{r: r for r in self.served}}
         self.created = int(time.time())
+        # Generators decode in the batcher's thread; a classifier answers in one forward, under `lock`.
+        self.batcher: Batcher | None = None
+        if not classifiers:
+            self.batcher = Batcher(
+                self.model,
+                self.device,
+                _pick,
+                _generator,
+                max_rows=max_batch,
+                # peft mixes LoRA adapters in one batch (`adapter_names=`), not DoRA or IA3 ones.
+                mixed_adapters=len(runs) > 1 and all(c.method.name == "lora" for _, c, _, _ in runs),
+            )
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
 
     def lookup(self, name: str) -> Served | None:
         run_id = self.names.get(name)
@@ -198,40 +217,28 @@ class Engine:
         sampling: Sampling,
         deadline: float,
         cancel: threading.Event,
-    ) -> Iterator[int]:
-        """Yield generated token ids until a stop token, max_tokens, the deadline or a cancel. Call with
-        self.lock held: the active adapter is model-wide state."""
-        import torch
-
-        if served.adapter is not None:
-            self.model.set_adapter(served.adapter)
-        gen = _generator(sampling)
-        stops = set(served.stop_ids)
-        constraint = served.decoder.processor(0) if served.decoder and sampling.constrain else None
-        generated: list[int] = []
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([prompt_ids], device=self.device), use_cache=True)
-            for _ in range(sampling.max_tokens):
-                if cancel.is_set():
-                    raise Cancelled()
-                if time.monotonic() > deadline:
-                    raise GenerationTimeout()
-                logits = out.logits[0, -1].float().cpu()
-                allowed = constraint.allowed(generated) if constraint is not None else ()
-                if len(allowed):  # a list, or a tensor of ids (JSON): never tested for truth
-                    keep = torch.full_like(logits, -torch.inf)
-                    keep[allowed] = 0.0
-                    logits = logits + keep
-                nxt = _pick(logits, sampling, gen)
-                if nxt in stops:
+    ) -> Generator[int, None, None]:
+        """Yield generated token ids until a stop token, max_tokens, the deadline or a cancel; the tokens
+        come from the running batch. Closing the iterator early (a stop string matched) frees the row."""
+        if self.batcher is None:
+            raise ServeError(f"{served.run_id} is a classifier: it answers with a label, not tokens")
+        req = Request(served, prompt_ids, sampling, deadline, cancel)
+        self.batcher.submit(req)
+        try:
+            while True:
+                # The batcher answers every request by its deadline; the margin only guards against a
+                # decoding thread that died, so a reader never waits forever.
+                try:
+                    event = req.events.get(timeout=max(0.0, deadline - time.monotonic()) + 30.0)
+                except queue.Empty:
+                    raise GenerationTimeout() from None
+                if event is DONE:
                     return
-                generated.append(nxt)
-                yield nxt
-                out = self.model(
-                    input_ids=torch.tensor([[nxt]], device=self.device),
-                    cache=out.cache,
-                    use_cache=True,
-                )
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+        finally:
+            req.abandoned = True
 
     def classify(self, served: Served, prompt_ids: list[int], sampling: Sampling) -> str:
         """A classifier's label for the prompt: the most likely one, or one drawn from the label

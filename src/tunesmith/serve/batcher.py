@@ -1,0 +1,359 @@
+"""Continuous batching: the sequences of all admitted requests decode together, one token each per step.
+
+One thread owns the model. Between two decode steps it lets waiting requests join (their prompts prefilled
+in one left-padded forward, their KV cache left-padded to the running batch's width and stacked under it)
+and drops the rows that ended (a stop token, max_tokens, the deadline, a cancel, or a reader that stopped
+reading because a stop string matched), trimming the cache columns no remaining row attends to. Each row
+keeps its own position ids, sampling generator, stop tokens and answer-space constraint, so a row's tokens
+are the ones it would get decoding alone (a test holds batched greedy output to sequential output).
+
+Why not transformers' own continuous batching (`generate_batch` / `ContinuousBatchingManager`, 5.24): it
+takes one generation config for every request and has no per-request adapter, while this server's requests
+differ in adapter, sampling, stop tokens and constraint. The dynamic cache of a plain forward does all that.
+
+Adapters: rows of different LoRA adapters of one base share a batch through peft's mixed-adapter forward
+(`adapter_names=`, one name per row). peft refuses that for DoRA, and IA3 has no such path, so those rows
+batch per adapter, the batches stepping in turn. A model whose cache is not plain full attention (sliding
+windows, recurrent state) cannot have rows stacked this way: each request then decodes as its own batch of
+one, and requests still take turns step by step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from tunesmith.serve.engine import Sampling, Served
+
+log = logging.getLogger("tunesmith.serve")
+
+DONE = None  # the last event of a request that ended normally (a stop token or max_tokens)
+
+
+class GenerationTimeout(Exception):
+    pass
+
+
+class Cancelled(Exception):
+    pass
+
+
+@dataclass(eq=False)
+class Request:
+    """One sequence to decode. Its events are generated token ids, then DONE or an exception."""
+
+    served: Served
+    prompt: list[int]
+    sampling: Sampling
+    deadline: float
+    cancel: threading.Event
+    events: queue.SimpleQueue[int | BaseException | None] = field(default_factory=queue.SimpleQueue)
+    # Set by the reader when it stops reading (a stop string matched): the row is dropped at the next step.
+    abandoned: bool = False
+
+
+@dataclass(eq=False)
+class _Row:
+    req: Request
+    pos: int  # tokens in the sequence so far: the next token's position id
+    constraint: Any  # the answer-space processor, or None
+    gen: Any  # the sampling generator, or None for greedy
+    generated: list[int] = field(default_factory=list)
+    logits: torch.Tensor | None = None  # the next token's logits, once a forward gave them
+    next_id: int | None = None  # the token picked from `logits`, fed at the next step
+
+
+@dataclass(eq=False)
+class _Batch:
+    """Rows decoding together: one KV cache, left-padded, and its attention mask (1 where a row has a token)."""
+
+    adapter: str | None  # the adapter every row uses; None: a mixed LoRA batch (names per row), or no adapter
+    rows: list[_Row] = field(default_factory=list)
+    cache: Any = None
+    mask: torch.Tensor | None = None
+
+
+class Batcher:
+    """The decoding thread. `submit` a Request and read its `events`."""
+
+    def __init__(
+        self,
+        model: Any,
+        device: str,
+        pick: Callable[[torch.Tensor, Sampling, Any], int],
+        generator: Callable[[Sampling], Any],
+        max_rows: int = 32,
+        mixed_adapters: bool = False,
+    ):
+        self.model, self.device, self.max_rows = model, device, max_rows
+        self._pick, self._generator = pick, generator
+        self.mixed = mixed_adapters
+        self.config = _text_config(model)
+        self.stackable = _stackable(self.config)
+        self._inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
+        self._waiting: deque[Request] = deque()
+        self._batches: dict[Any, _Batch] = {}
+        self._solo = itertools.count()  # batch keys of requests that decode alone (unstackable caches)
+        self._active: str | None = None  # the adapter set on the model last
+        self.steps = 0  # decode forwards run (for tests and metrics)
+        self.rows_stepped = 0  # rows those forwards advanced: rows_stepped / steps is the mean batch
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="tunesmith-batcher")
+        self._thread.start()
+
+    def submit(self, req: Request) -> None:
+        self._inbox.put(req)
+
+    def close(self) -> None:
+        self._inbox.put(None)
+        self._thread.join(timeout=5)
+
+    @property
+    def running_rows(self) -> int:
+        return sum(len(b.rows) for b in self._batches.values())
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            while self._receive():
+                self._admit()
+                for key, batch in list(self._batches.items()):
+                    try:
+                        self._advance(batch)
+                    except Exception as e:  # the batch's rows fail (a 500 each); the thread lives on
+                        log.exception("decoding step failed for %d rows", len(batch.rows))
+                        for row in batch.rows:
+                            row.req.events.put(e)
+                        batch.rows = []
+                    if not batch.rows:
+                        del self._batches[key]
+
+    def _receive(self) -> bool:
+        """Move submitted requests to the waiting line; block while there is nothing to do. False: closed."""
+        block = not self._batches and not self._waiting
+        while True:
+            try:
+                req = self._inbox.get(block=block)
+            except queue.Empty:
+                return True
+            if req is None:
+                return False
+            self._waiting.append(req)
+            block = False
+
+    def _admit(self) -> None:
+        """Waiting requests join a batch while rows are free; those that ended while waiting are answered."""
+        joining: dict[Any, list[Request]] = {}
+        free = self.max_rows - self.running_rows
+        for _ in range(len(self._waiting)):
+            req = self._waiting.popleft()
+            if (err := _ended(req)) is not None:
+                req.events.put(err)
+            elif free > 0:
+                joining.setdefault(self._key(req), []).append(req)
+                free -= 1
+            else:
+                self._waiting.append(req)
+        for key, reqs in joining.items():
+            batch = self._batches.get(key) or _Batch(adapter=None if self.mixed else reqs[0].served.adapter)
+            try:
+                self._join(batch, reqs)
+            except Exception as e:
+                log.exception("prefill failed for %d requests", len(reqs))
+                for req in reqs:
+                    req.events.put(e)
+                continue
+            self._batches[key] = batch
+
+    def _key(self, req: Request) -> Any:
+        if not self.stackable:
+            return ("solo", next(self._solo))
+        return "mixed" if self.mixed else req.served.adapter
+
+    def _advance(self, batch: _Batch) -> None:
+        """Pick each row's next token from its logits, end the rows that are done, run one forward."""
+        for row in batch.rows:
+            self._choose(row)
+        ended = [r for r in batch.rows if r.next_id is None]
+        if ended:
+            self._drop(batch, ended)
+        if batch.rows:
+            self._step(batch)
+
+    def _choose(self, row: _Row) -> None:
+        """Set row.next_id and send it, or end the row (next_id None) with DONE or its error."""
+        import torch
+
+        row.next_id = None
+        req = row.req
+        if (err := _ended(req)) is not None:
+            req.events.put(err)
+            return
+        if req.abandoned or row.logits is None:
+            return
+        logits = row.logits
+        allowed = row.constraint.allowed(row.generated) if row.constraint is not None else ()
+        if len(allowed):  # a list, or a tensor of ids (JSON): never tested for truth
+            keep = torch.full_like(logits, -torch.inf)
+            keep[allowed] = 0.0
+            logits = logits + keep
+        nxt = self._pick(logits, req.sampling, row.gen)
+        if nxt in req.served.stop_ids:
+            req.events.put(DONE)
+            return
+        row.generated.append(nxt)
+        row.next_id = nxt
+        req.events.put(nxt)
+        if len(row.generated) >= req.sampling.max_tokens:  # no forward for a token nobody will read
+            req.events.put(DONE)
+            row.next_id = None
+
+    # -- the model --------------------------------------------------------------------------------
+
+    def _join(self, batch: _Batch, reqs: list[Request]) -> None:
+        """Prefill the newcomers in one left-padded forward and stack their cache under the batch's."""
+        import torch
+        from transformers import DynamicCache
+
+        width = max(len(r.prompt) for r in reqs)
+        ids = torch.zeros((len(reqs), width), dtype=torch.long)
+        mask = torch.zeros((len(reqs), width), dtype=torch.long)
+        for i, r in enumerate(reqs):
+            ids[i, width - len(r.prompt) :] = torch.tensor(r.prompt)
+            mask[i, width - len(r.prompt) :] = 1
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.config)
+        logits = self._forward(batch, [r.served.adapter for r in reqs], ids, mask, positions, cache)
+        rows = [
+            _Row(
+                req=r,
+                pos=len(r.prompt),
+                constraint=r.served.decoder.processor(0)
+                if r.served.decoder is not None and r.sampling.constrain
+                else None,
+                gen=self._generator(r.sampling),
+                logits=logits[i],
+            )
+            for i, r in enumerate(reqs)
+        ]
+        if batch.cache is None:
+            batch.cache, batch.mask = cache, mask
+        else:
+            assert batch.mask is not None
+            batch.mask = _stack(batch.cache, batch.mask, cache, mask)
+        batch.rows += rows
+
+    def _step(self, batch: _Batch) -> None:
+        """One decode forward: every row's picked token in, every row's next logits out."""
+        import torch
+
+        assert batch.mask is not None
+        ids = torch.tensor([[r.next_id] for r in batch.rows], dtype=torch.long)
+        positions = torch.tensor([[r.pos] for r in batch.rows], dtype=torch.long)
+        batch.mask = torch.cat([batch.mask, torch.ones((len(batch.rows), 1), dtype=torch.long)], dim=1)
+        logits = self._forward(
+            batch, [r.req.served.adapter for r in batch.rows], ids, batch.mask, positions, batch.cache
+        )
+        for row, row_logits in zip(batch.rows, logits, strict=True):
+            row.logits, row.pos = row_logits, row.pos + 1
+        self.steps += 1
+        self.rows_stepped += len(batch.rows)
+
+    def _forward(
+        self,
+        batch: _Batch,
+        adapters: list[str | None],
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+    ) -> torch.Tensor:
+        """The last position's logits per row (float32, on the CPU), the rows' adapters applied."""
+        extra: dict[str, Any] = {}
+        names = {a for a in adapters if a is not None}
+        if len(names) > 1:  # a mixed LoRA batch: peft routes each row through its own adapter
+            extra["adapter_names"] = [a or "__base__" for a in adapters]
+        elif names and (name := next(iter(names))) != self._active:
+            self.model.set_adapter(name)  # model-wide state, and only this thread decodes
+            self._active = name
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **extra,
+        )
+        return out.logits[:, -1].float().cpu()
+
+    def _drop(self, batch: _Batch, ended: list[_Row]) -> None:
+        """Remove ended rows from the batch and its cache; trim the columns only padding is left in."""
+        import torch
+
+        keep = [i for i, r in enumerate(batch.rows) if r not in ended]
+        batch.rows = [batch.rows[i] for i in keep]
+        if not keep:
+            batch.cache = batch.mask = None
+            return
+        assert batch.mask is not None
+        batch.cache.batch_select_indices(torch.tensor(keep, device=self.device))
+        mask = batch.mask[keep]
+        lead = int((mask.sum(0) > 0).long().argmax())  # the first column some row still attends to
+        if lead:
+            for layer in batch.cache.layers:
+                layer.keys, layer.values = layer.keys[..., lead:, :], layer.values[..., lead:, :]
+            mask = mask[:, lead:]
+        batch.mask = mask
+
+
+def _ended(req: Request) -> BaseException | None:
+    if req.cancel.is_set():
+        return Cancelled()
+    if time.monotonic() > req.deadline:
+        return GenerationTimeout()
+    return None
+
+
+def _stack(into: Any, into_mask: torch.Tensor, new: Any, new_mask: torch.Tensor) -> torch.Tensor:
+    """Stack cache `new` under cache `into` (in place), both left-padded to the wider one; the stacked mask."""
+    import torch
+    import torch.nn.functional as F
+
+    width = max(into_mask.shape[1], new_mask.shape[1])
+
+    def left_pad(x: torch.Tensor, dim_from_end: int) -> torch.Tensor:
+        short = width - x.shape[-dim_from_end]
+        return F.pad(x, (0, 0) * (dim_from_end - 1) + (short, 0)) if short else x
+
+    for a, b in zip(into.layers, new.layers, strict=True):
+        a.keys = torch.cat([left_pad(a.keys, 2), left_pad(b.keys, 2)], dim=0)
+        a.values = torch.cat([left_pad(a.values, 2), left_pad(b.values, 2)], dim=0)
+    return torch.cat([left_pad(into_mask, 1), left_pad(new_mask, 1)], dim=0)
+
+
+def _text_config(model: Any) -> Any:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config.get_text_config(decoder=True)
+
+
+def _stackable(config: Any) -> bool:
+    """Whether the model's cache is plain full attention in every layer: rows can then be left-padded and
+    stacked. Sliding-window or recurrent layers keep state that padding would corrupt."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    probe = DynamicCache(config=config)
+    return bool(probe.layers) and all(type(layer) is DynamicLayer for layer in probe.layers)

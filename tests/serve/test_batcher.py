@@ -1,0 +1,145 @@
+"""Continuous batching: rows decoded together get the tokens they would get alone, whether they arrive
+together or join a running batch, with one adapter or two mixed in one batch; rows that end, are cancelled
+or run out of time leave without disturbing the others."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunesmith.serve.batcher import Request
+from tunesmith.serve.engine import Cancelled, Engine, GenerationTimeout, Sampling, Served
+
+QUESTIONS = [
+    "hi",
+    "what is the refund policy for a damaged parcel that arrived late?",
+    "reset my password",
+    "the invoice from march lists a charge twice, once on the 3rd and once on the 5th, please explain",
+    "status?",
+]
+
+
+@pytest.fixture(scope="module")
+def engine(trained_runs: tuple[Path, list[str]]) -> Any:
+    runs, ids = trained_runs
+    eng = Engine([runs / ids[0], runs / ids[1]])
+    yield eng
+    eng.close()
+
+
+def prompt(served: Served, text: str) -> list[int]:
+    tok = served.tokenizer
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+    )
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def submit(engine: Engine, served: Served, text: str, max_tokens: int = 12, **kw: Any) -> Request:
+    assert engine.batcher is not None
+    req = Request(
+        served,
+        prompt(served, text),
+        Sampling(max_tokens=max_tokens),
+        time.monotonic() + 60,
+        threading.Event(),
+        **kw,
+    )
+    engine.batcher.submit(req)
+    return req
+
+
+def drain(req: Request) -> list[int] | BaseException:
+    out: list[int] = []
+    while True:
+        ev = req.events.get(timeout=60)
+        if ev is None:
+            return out
+        if isinstance(ev, BaseException):
+            return ev
+        out.append(ev)
+
+
+def alone(engine: Engine, served: Served, text: str, max_tokens: int = 12) -> list[int] | BaseException:
+    return drain(submit(engine, served, text, max_tokens))
+
+
+def test_rows_decoded_together_get_the_tokens_they_get_alone(engine: Engine) -> None:
+    a, b = engine.served.values()
+    pairs = [(s, q) for q in QUESTIONS for s in (a, b)]
+    expected = [alone(engine, s, q) for s, q in pairs]
+    assert any(x != y for x, y in zip(expected[::2], expected[1::2], strict=True)), (
+        "the two adapters should answer differently"
+    )
+
+    assert engine.batcher is not None
+    steps = engine.batcher.steps
+    together = [submit(engine, s, q) for s, q in pairs]  # both adapters, five prompt lengths, one batch
+    assert [drain(r) for r in together] == expected
+    tokens = sum(len(t) for t in expected if isinstance(t, list))
+    # one forward advanced many rows: far fewer decode steps than tokens
+    assert engine.batcher.steps - steps <= max(len(t) for t in expected if isinstance(t, list))
+    assert tokens > 3 * (engine.batcher.steps - steps)
+
+
+def test_a_request_joining_a_running_batch_gets_its_own_tokens(engine: Engine) -> None:
+    a, b = engine.served.values()
+    long_a = alone(engine, a, QUESTIONS[3], max_tokens=40)
+    short_b = alone(engine, b, QUESTIONS[1], max_tokens=6)
+    first = submit(engine, a, QUESTIONS[3], max_tokens=40)
+    head = [first.events.get(timeout=60) for _ in range(3)]  # the batch is running
+    second = submit(engine, b, QUESTIONS[1], max_tokens=6)  # joins it, wider prompt, other adapter
+    rest = drain(first)
+    assert isinstance(rest, list) and head + rest == long_a
+    assert drain(second) == short_b
+
+
+def test_an_abandoned_row_leaves_and_the_batch_goes_on(engine: Engine) -> None:
+    a, b = engine.served.values()
+    expected = alone(engine, b, QUESTIONS[0], max_tokens=20)
+    quitter = submit(engine, a, QUESTIONS[4], max_tokens=200)
+    stayer = submit(engine, b, QUESTIONS[0], max_tokens=20)
+    quitter.events.get(timeout=60)
+    quitter.abandoned = True  # a stop string matched: the reader stops reading
+    assert drain(stayer) == expected
+    assert engine.batcher is not None
+    deadline = time.monotonic() + 10
+    while engine.batcher.running_rows and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.batcher.running_rows == 0
+
+
+def test_cancel_and_deadline_end_a_row_with_their_error(engine: Engine) -> None:
+    a, _ = engine.served.values()
+    cancelled = submit(engine, a, QUESTIONS[1], max_tokens=500)
+    cancelled.events.get(timeout=60)
+    cancelled.cancel.set()
+    assert isinstance(drain(cancelled), Cancelled)
+
+    late = Request(a, prompt(a, "hi"), Sampling(max_tokens=5), time.monotonic() - 1, threading.Event())
+    assert engine.batcher is not None
+    engine.batcher.submit(late)
+    assert isinstance(drain(late), GenerationTimeout)
+
+
+def test_the_engine_stream_matches_transformers_generate(engine: Engine) -> None:
+    """An independent reference: peft's generate, greedy, for one adapter."""
+    import torch
+
+    served = next(iter(engine.served.values()))
+    ids = prompt(served, QUESTIONS[1])
+    got = list(engine.decode(served, ids, Sampling(max_tokens=10), time.monotonic() + 60, threading.Event()))
+    assert engine.batcher is not None
+    engine.model.set_adapter(served.adapter)
+    engine.batcher._active = served.adapter
+    with torch.inference_mode():
+        out = engine.model.generate(
+            input_ids=torch.tensor([ids]), max_new_tokens=10, do_sample=False, eos_token_id=served.stop_ids
+        )
+    ref = [t for t in out[0, len(ids) :].tolist()]
+    ref = ref[: next((i for i, t in enumerate(ref) if t in served.stop_ids), len(ref))]
+    assert got == ref
