@@ -14,10 +14,10 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs, quote
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -33,6 +33,8 @@ from tunesmith.ui.security import KEY_COOKIE, Access, Guard
 log = logging.getLogger("tunesmith.ui")
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD_BYTES = 512 << 20
+# `?run=A&run=B`: the runs a page is about, by id.
+RunsQuery = Annotated[list[str] | None, Query()]
 # Sent with every response: our pages load only their own scripts, styles and images (and inline PNGs of
 # the report), may be framed only by themselves, and never send a Referer elsewhere.
 SECURITY_HEADERS = {
@@ -244,7 +246,7 @@ def create_app(config: UIConfig) -> FastAPI:
 
     # ------------------------------------------------------------------------------------- playground
     @app.get("/playground", response_class=HTMLResponse)
-    async def playground_page(run: list[str] | None = None) -> Any:
+    async def playground_page(run: RunsQuery = None) -> Any:
         runs = [r for r in await asyncio.to_thread(all_runs, runs_dir) if r.trained]
         return page(
             "playground.html", title="Playground", runs=runs, chosen=set(run or []), settings=settings
@@ -302,7 +304,7 @@ def create_app(config: UIConfig) -> FastAPI:
 
     # ---------------------------------------------------------------------------------------- compare
     @app.get("/compare", response_class=HTMLResponse)
-    async def compare_page(run: list[str] | None = None) -> Any:
+    async def compare_page(run: RunsQuery = None) -> Any:
         from tunesmith.eval.report import iterations_summary, load_evaluated
 
         chosen = list(run or [])
@@ -320,9 +322,11 @@ def create_app(config: UIConfig) -> FastAPI:
         )
 
     @app.get("/compare/page", response_class=HTMLResponse)
-    async def compare_document(run: list[str]) -> Any:
+    async def compare_document(run: RunsQuery = None) -> Any:
         from tunesmith.eval.report import build_comparison
 
+        if not run:
+            return page("error.html", 404, title="Cannot compare", message="pick runs to compare")
         dirs = await asyncio.to_thread(run_paths, runs_dir, run)
         out = runs_dir / "ui" / "comparison.html"
         try:
