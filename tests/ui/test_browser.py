@@ -28,7 +28,9 @@ from tunesmith.ui.app import UIConfig, create_app
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser")) if p), None)
 CHROMEDRIVER = shutil.which("chromedriver")
-NEEDS = "headless Chromium, chromium-driver and selenium (apt-get install chromium chromium-driver; make setup)"
+NEEDS = (
+    "headless Chromium, chromium-driver and selenium (apt-get install chromium chromium-driver; make setup)"
+)
 WIDTH, HEIGHT = 1280, 800
 
 
@@ -62,7 +64,9 @@ class UIServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_app(UIConfig(runs_dir, Settings(serve_dir=runs_dir / "serve")))
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
@@ -128,10 +132,16 @@ class Shots:
         if self.folder:
             self.folder.mkdir(parents=True, exist_ok=True)
 
-    def take(self, name: str) -> None:
+    def take(self, name: str, show: str | None = None) -> None:
+        """`show`: the id of an element to scroll into the middle of the shot (else the top of the page)."""
         if self.folder is None:
             return
-        self.driver.execute_script("window.scrollTo(0, 0)")
+        if show:
+            self.driver.execute_script(
+                "document.getElementById(arguments[0]).scrollIntoView({block: 'center'})", show
+            )
+        else:
+            self.driver.execute_script("window.scrollTo(0, 0)")
         self.driver.save_screenshot(str(self.folder / f"{name}.png"))
 
 
@@ -182,13 +192,15 @@ def test_a_user_walks_through_the_ui(browser: Any, tmp_path: Path, tiny_model_di
         editor.send_keys("\nbogus_key: 1\n")
         problems = _wait(lambda: find(By.ID, "config-problems"), 30, "the config's problems")
         assert "bogus_key: unknown key" in problems.text
-        shots.take("start-config-error")
+        shots.take("start-config-error", show="check")
         find(By.ID, "run-button").click()
         time.sleep(1.0)
         assert not browser.find_elements(By.ID, "job-log") and not list(runs.glob("*/manifest.json"))
 
         # Fixed, planned, started.
-        _set_editor(browser, _config_for_a_visible_curve(editor.get_attribute("value").replace("bogus_key: 1", "")))
+        _set_editor(
+            browser, _config_for_a_visible_curve(editor.get_attribute("value").replace("bogus_key: 1", ""))
+        )
         _wait(lambda: find(By.ID, "config-ok"), 30, "the fixed config, valid")
         find(By.ID, "plan-button").click()
         plan = _wait(lambda: find(By.ID, "plan-text"), 120, "the plan").text
@@ -196,7 +208,7 @@ def test_a_user_walks_through_the_ui(browser: Any, tmp_path: Path, tiny_model_di
         find(By.ID, "run-button").click()
         run_link = _wait(lambda: find(By.ID, "job-run"), 180, "the run directory of `tunesmith run`")
         run_id = run_link.text
-        shots.take("start-running")
+        shots.take("start-running", show="job-area")
 
         # Its page, opened while it trains: the curve grows without a reload.
         run_link.click()
@@ -218,7 +230,10 @@ def test_a_user_walks_through_the_ui(browser: Any, tmp_path: Path, tiny_model_di
         # The report, once evaluation is done.
         def finished() -> bool:
             browser.refresh()
-            return find(By.ID, "run-status").text == "finished"
+            # eval is marked done just before the report is written: wait for both.
+            return find(By.ID, "run-status").text == "finished" and browser.find_elements(
+                By.ID, "open-report"
+            )
 
         _wait(finished, 240, "the run to finish (evaluation and report)")
         shots.take("run")
@@ -232,9 +247,11 @@ def test_a_user_walks_through_the_ui(browser: Any, tmp_path: Path, tiny_model_di
         find(By.ID, "prompt").send_keys("my refund is broken since monday")
         find(By.ID, "send").click()
         columns = _wait(
-            lambda: (cols := browser.find_elements(By.CSS_SELECTOR, "#columns .column"))
-            and all(c.get_attribute("data-done") == "1" for c in cols)
-            and cols,
+            lambda: (
+                (cols := browser.find_elements(By.CSS_SELECTOR, "#columns .column"))
+                and all(c.get_attribute("data-done") == "1" for c in cols)
+                and cols
+            ),
             120,
             "both answers",
         )
@@ -265,7 +282,11 @@ def test_a_user_walks_through_the_ui(browser: Any, tmp_path: Path, tiny_model_di
         if row.find_elements(By.NAME, "force"):  # a run that missed a target needs the force box, as the CLI
             row.find_element(By.NAME, "force").click()
         row.find_element(By.CSS_SELECTOR, "form.promote button").click()
-        _wait(lambda: "production" in find(By.ID, f"run-{run_id}").find_element(By.CLASS_NAME, "aliases").text, 30, "the alias")
+        _wait(
+            lambda: "production" in find(By.ID, f"run-{run_id}").find_element(By.CLASS_NAME, "aliases").text,
+            30,
+            "the alias",
+        )
         assert aliases(runs) == {"production": run_id}
         shots.take("runs")
 
@@ -277,5 +298,9 @@ def test_a_user_walks_through_the_ui(browser: Any, tmp_path: Path, tiny_model_di
         assert run_id in browser.page_source
         browser.switch_to.default_content()
         shots.take("compare")
+
+        # The `tunesmith run` process the Start page began has ended (its page says so, and it is reaped).
+        browser.get(draft_url)
+        _wait(lambda: find(By.ID, "job-state").text == "finished", 60, "the run's process to end")
     finally:
         server.stop()

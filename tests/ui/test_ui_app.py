@@ -56,7 +56,11 @@ def test_a_key_is_needed_for_every_page_when_one_is_set(runs_copy: tuple[Path, l
             res = c.get(path)
             assert res.status_code == 401, path
             # The login form, and nothing of the registry (the path asked for is only echoed back to it).
-            assert "id=login" in res.text and "<table" not in res.text and "toy" not in res.text.replace(path, "")
+            assert (
+                "id=login" in res.text
+                and "<table" not in res.text
+                and "toy" not in res.text.replace(path, "")
+            )
         assert c.get("/", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         # The login form sets an HttpOnly, SameSite=Strict cookie the browser then sends.
@@ -83,20 +87,32 @@ def test_a_cross_site_form_post_is_refused(client: TestClient, runs_copy: tuple[
     assert res.status_code == 403
     # A token from somewhere is still refused from another origin, or from a cross-site fetch.
     for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"}):
-        assert client.post(f"/runs/{ids[0]}/promote", data=form, headers={**_csrf(client), **headers}).status_code == 403
-    assert client.post(f"/runs/{ids[0]}/promote", data=form, headers={"X-CSRF-Token": "guess"}).status_code == 403
+        assert (
+            client.post(
+                f"/runs/{ids[0]}/promote", data=form, headers={**_csrf(client), **headers}
+            ).status_code
+            == 403
+        )
+    assert (
+        client.post(f"/runs/{ids[0]}/promote", data=form, headers={"X-CSRF-Token": "guess"}).status_code
+        == 403
+    )
     assert aliases(runs) == {}  # nothing was promoted
     res = client.post(f"/runs/{ids[0]}/promote", data=form, headers={**_csrf(client), "Origin": LOCAL})
     assert res.status_code == 200 and f"production -&gt; {ids[0]}" in res.text
     assert aliases(runs) == {"production": ids[0]}
 
 
-def test_promote_and_rollback_from_the_runs_page(client: TestClient, runs_copy: tuple[Path, list[str]]) -> None:
+def test_promote_and_rollback_from_the_runs_page(
+    client: TestClient, runs_copy: tuple[Path, list[str]]
+) -> None:
     runs, ids = runs_copy
     page = client.get("/").text
     assert all(f'id="run-{i}"' in page for i in ids) and "base" in page and "95% CI" in page
     for run_id in ids:
-        res = client.post(f"/runs/{run_id}/promote", data={"alias": "production", "force": "on"}, headers=_csrf(client))
+        res = client.post(
+            f"/runs/{run_id}/promote", data={"alias": "production", "force": "on"}, headers=_csrf(client)
+        )
         assert "problem" not in res.text, res.text
     assert aliases(runs) == {"production": ids[1]}
     assert 'id="rollback-production"' in client.get("/").text
@@ -115,13 +131,15 @@ def test_over_limit_bodies_get_413(runs_copy: tuple[Path, list[str]]) -> None:
         assert res.status_code == 413
 
 
-def test_a_bad_config_shows_the_cli_messages_and_starts_nothing(
-    tmp_path: Path, tiny_model_dir: Path
-) -> None:
+def test_a_bad_config_shows_the_cli_messages_and_starts_nothing(tmp_path: Path, tiny_model_dir: Path) -> None:
     runs = tmp_path / "runs"
     data = write_jsonl(tmp_path / "tickets.jsonl", make_label_rows(40))
     with _client(runs) as c:
-        res = c.post(f"/start/upload?name=tickets.jsonl&model={tiny_model_dir}", content=data.read_bytes(), headers=_csrf(c))
+        res = c.post(
+            f"/start/upload?name=tickets.jsonl&model={tiny_model_dir}",
+            content=data.read_bytes(),
+            headers=_csrf(c),
+        )
         assert res.status_code == 200, res.text
         url = res.json()["url"]
         page = c.get(url).text
@@ -154,7 +172,11 @@ def test_curves_report_and_files_of_a_run(client: TestClient, runs_copy: tuple[P
     page = client.get(f"/runs/{ids[0]}").text
     assert 'id="curves"' in page and 'id="open-report"' in page and 'id="preflight"' in page
     points = client.get(f"/runs/{ids[0]}/metrics.json").json()
-    assert points["done"] and len(points["points"]) == 4 and {"loss", "lr", "tokens_per_s"} <= set(points["points"][0])
+    assert (
+        points["done"]
+        and len(points["points"]) == 4
+        and {"loss", "lr", "tokens_per_s"} <= set(points["points"][0])
+    )
     later = client.get(f"/runs/{ids[0]}/metrics.json?after=2").json()["points"]
     assert [p["step"] for p in later] == [3, 4]
     assert "id=verdict" in client.get(f"/runs/{ids[0]}/report").text
@@ -171,8 +193,14 @@ def test_playground_streams_base_and_tuned_through_the_engine(
         with client.stream("POST", "/playground/generate", json=body, headers=_csrf(client)) as res:
             assert res.status_code == 200
             answers[model] = "".join(res.iter_text())
-    assert all(answers.values()) and len(set(answers.values())) >= 2, answers  # the adapters change the answer
-    bad = client.post("/playground/generate", json={"runs": ids, "model": "base", "prompt": "x", "max_tokens": 10**6}, headers=_csrf(client))
+    assert all(answers.values()) and len(set(answers.values())) >= 2, (
+        answers
+    )  # the adapters change the answer
+    bad = client.post(
+        "/playground/generate",
+        json={"runs": ids, "model": "base", "prompt": "x", "max_tokens": 10**6},
+        headers=_csrf(client),
+    )
     assert bad.status_code == 400 and "max tokens" in bad.text
 
 
@@ -184,17 +212,27 @@ def test_review_in_the_browser_saves_as_review_import(
     page = client.get(f"/runs/{ids[0]}/review").text
     row_ids = re.findall(r'<article class="review-row" id="row-([^"]+)"', page)
     assert len(row_ids) >= 2
-    bad = client.post(f"/runs/{ids[0]}/review", data={f"score_A-{row_ids[0]}": "9", f"score_B-{row_ids[0]}": "2"}, headers=_csrf(client))
+    bad = client.post(
+        f"/runs/{ids[0]}/review",
+        data={f"score_A-{row_ids[0]}": "9", f"score_B-{row_ids[0]}": "2"},
+        headers=_csrf(client),
+    )
     assert 'id="review-problems"' in bad.text and "is not a score from 1 to 5" in bad.text
     form = {f"score_A-{r}": "4" for r in row_ids} | {f"score_B-{r}": "2" for r in row_ids}
-    form |= {f"correction-{row_ids[0]}": "billing", f"comment-{row_ids[0]}": "wrong queue", "to_feedback": "on"}
+    form |= {
+        f"correction-{row_ids[0]}": "billing",
+        f"comment-{row_ids[0]}": "wrong queue",
+        "to_feedback": "on",
+    }
     res = client.post(f"/runs/{ids[0]}/review", data=form, headers=_csrf(client))
     assert 'id="review-saved"' in res.text and "1 correction(s) stored" in res.text
     ev = json.loads((run / "eval" / "eval.json").read_text())
     assert ev["review"]["n"] == len(row_ids)
     # The same sheet through the CLI gives the same summary.
     cli = cli_here("review", "import", str(run), str(run / "review" / "sheet-ui.csv"))
-    assert cli.returncode == 0 and json.loads((run / "eval" / "eval.json").read_text())["review"] == ev["review"]
+    assert (
+        cli.returncode == 0 and json.loads((run / "eval" / "eval.json").read_text())["review"] == ev["review"]
+    )
     rows = FeedbackStore(runs / "serve").rows()
     assert len(rows) == 1 and rows[0]["correction"] == "billing" and rows[0]["run_id"] == ids[0]
 
