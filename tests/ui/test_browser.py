@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -315,3 +316,13 @@ def test_a_user_walks_through_the_ui(browser: Any, tmp_path: Path, tiny_model_di
         _wait(lambda: find(By.ID, "job-state").text == "finished", 60, "the run's process to end")
     finally:
         server.stop()
+
+
+def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "CHROMEDRIVER", None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="chromedriver is not on PATH; CI must run this test"):
+        _require_browser()
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match="chromedriver is not on PATH"):
+        _require_browser()

@@ -218,6 +218,7 @@ def test_review_in_the_browser_saves_as_review_import(
         headers=_csrf(client),
     )
     assert 'id="review-problems"' in bad.text and "is not a score from 1 to 5" in bad.text
+    assert f"row #{row_ids[0]} (sheet line 2), column score_A" in bad.text  # the page's row, not a CSV line
     form = {f"score_A-{r}": "4" for r in row_ids} | {f"score_B-{r}": "2" for r in row_ids}
     form |= {
         f"correction-{row_ids[0]}": "billing",
@@ -243,3 +244,8 @@ def test_compare_page(client: TestClient, runs_copy: tuple[Path, list[str]]) -> 
     assert 'id="iterations"' in page and 'id="comparison"' in page
     doc = client.get(f"/compare/page?run={ids[0]}&run={ids[1]}").text
     assert "id=comparison" in doc and doc.count("<code>toy-") >= 2
+
+
+def test_the_ui_refuses_a_network_address_without_a_key(tmp_path: Path) -> None:
+    res = cli_here("ui", "--runs-dir", str(tmp_path / "runs"), "--host", "0.0.0.0")
+    assert res.returncode == 1 and "without an API key" in res.stderr.replace("\n", " ")

@@ -287,7 +287,13 @@ def create_app(config: UIConfig) -> FastAPI:
     @app.post("/runs/{run_id}/review", response_class=HTMLResponse)
     async def review_save(run_id: str, request: Request) -> Any:
         from tunesmith.eval.review import ReviewError
-        from tunesmith.ui.review import offer_corrections, review_rows, save_review, verdicts_from_form
+        from tunesmith.ui.review import (
+            name_rows,
+            offer_corrections,
+            review_rows,
+            save_review,
+            verdicts_from_form,
+        )
 
         row = await asyncio.to_thread(get_run, runs_dir, run_id)
         form = await _form(request)
@@ -296,7 +302,8 @@ def create_app(config: UIConfig) -> FastAPI:
         try:
             summary = await asyncio.to_thread(save_review, row.path, rows, verdicts)
         except ReviewError as e:
-            return fragment("review_result.html", problems=e.problems, summary=None, run_id=run_id)
+            problems = name_rows(e.problems, rows)
+            return fragment("review_result.html", problems=problems, summary=None, run_id=run_id)
         stored = 0
         if _one(form, "to_feedback") == "on":
             stored = await asyncio.to_thread(offer_corrections, row.path, settings.serve_dir, rows, verdicts)

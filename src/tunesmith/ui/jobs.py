@@ -64,6 +64,7 @@ class JobState:
     running: bool
     run_id: str | None  # once `tunesmith run` has made the run directory
     log_tail: str
+    exit_code: int | None = None  # known for a run this UI process started, once it has ended
 
 
 def drafts_dir(runs_dir: Path) -> Path:
@@ -172,12 +173,33 @@ def plan_text(draft: Draft) -> str:
     return out.export_text()
 
 
+# The runs this UI process started: polled so they are reaped (no zombies) and their exit is known.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def start_run(draft: Draft) -> int:
     """`tunesmith run CONFIG` in its own session, output to the draft's run.log; returns its pid."""
-    if (draft.folder / PID_NAME).is_file():
-        raise StartError("this draft has started its run already; start a new one from the Start page")
+    try:
+        # The claim: O_EXCL makes a second click (or a second tab) fail here instead of starting twice.
+        claim = os.open(draft.folder / PID_NAME, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        raise StartError(
+            "this draft has started its run already; start a new one from the Start page"
+        ) from None
+    os.close(claim)
+    try:
+        proc = _spawn(draft)
+    except OSError:
+        (draft.folder / PID_NAME).unlink()  # nothing started: the draft may try again
+        raise
+    _children[proc.pid] = proc
+    atomic_write_text(draft.folder / PID_NAME, str(proc.pid))
+    return proc.pid
+
+
+def _spawn(draft: Draft) -> subprocess.Popen[bytes]:
     with draft.log.open("w", encoding="utf-8") as log:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "tunesmith.cli", "run", str(draft.config)],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -187,13 +209,6 @@ def start_run(draft: Draft) -> int:
             # Wide: the `run directory: PATH` line must not wrap (it names the run to this page).
             env={**os.environ, "COLUMNS": "1000"},
         )
-    _children[proc.pid] = proc
-    atomic_write_text(draft.folder / PID_NAME, str(proc.pid))
-    return proc.pid
-
-
-# The runs this UI process started: polled so they are reaped (no zombies) and their exit is known.
-_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def _alive(pid: int) -> bool:
@@ -208,13 +223,17 @@ def _alive(pid: int) -> bool:
 
 def job_state(draft: Draft, tail_lines: int = 25) -> JobState:
     pid_file = draft.folder / PID_NAME
-    if not pid_file.is_file():
-        return JobState(False, False, None, "")
+    pid_text = pid_file.read_text().strip() if pid_file.is_file() else ""
+    if not pid_text.isdigit():  # not started, or claimed a moment ago and not yet running
+        return JobState(pid_file.is_file(), pid_file.is_file(), None, "")
+    pid = int(pid_text)
+    running = _alive(pid)
     log = draft.log.read_text(encoding="utf-8", errors="replace") if draft.log.is_file() else ""
     found = _RUN_DIR_LINE.search(log)
     return JobState(
         started=True,
-        running=_alive(int(pid_file.read_text())),
+        running=running,
         run_id=Path(found.group(1)).name if found else None,
         log_tail="\n".join(log.splitlines()[-tail_lines:]),
+        exit_code=_children[pid].returncode if pid in _children and not running else None,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,16 @@ def verdicts_from_form(form: dict[str, list[str]], rows: list[ReviewRow]) -> lis
         )
         for r in rows
     ]
+
+
+def name_rows(problems: list[str], rows: list[ReviewRow]) -> list[str]:
+    """The sheet's `line N` (line 1 is the header) as the page's row: `row #ID (sheet line N)`."""
+
+    def row_of(m: re.Match[str]) -> str:
+        i = int(m.group(1)) - 2
+        return f"row #{rows[i].id} (sheet line {m.group(1)})" if 0 <= i < len(rows) else m.group(0)
+
+    return [re.sub(r"line (\d+)", row_of, p, count=1) for p in problems]
 
 
 def save_review(run_dir: Path, rows: list[ReviewRow], verdicts: list[Verdict]) -> dict[str, Any]:
