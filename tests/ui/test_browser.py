@@ -59,12 +59,13 @@ def _require_browser() -> None:
 class UIServer:
     """The UI app under uvicorn on a free loopback port, in a thread of this process."""
 
-    def __init__(self, runs_dir: Path):
+    def __init__(self, runs_dir: Path, api_keys: list[str] | None = None):
         import uvicorn
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(UIConfig(runs_dir, Settings(serve_dir=runs_dir / "serve")))
+        settings = Settings(serve_dir=runs_dir / "serve", api_keys=api_keys or [])
+        app = create_app(UIConfig(runs_dir, settings))
         self.server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         )
@@ -326,3 +327,25 @@ def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.M
     monkeypatch.setenv("CI", "")
     with pytest.raises(pytest.skip.Exception, match="chromedriver is not on PATH"):
         _require_browser()
+
+
+def test_signing_in_with_the_key(browser: Any, tmp_path: Path) -> None:
+    """With a key set, the browser gets the sign-in form (401); the key sets the cookie, then pages open."""
+    from selenium.webdriver.common.by import By
+
+    server = UIServer(tmp_path / "runs", api_keys=["s3cret phrase"])
+    find = browser.find_element
+    try:
+        browser.get(server.url + "/compare")
+        assert find(By.ID, "login") and "key" in browser.title
+        find(By.ID, "key").send_keys("wrong")
+        find(By.CSS_SELECTOR, "#login button").click()
+        _wait(lambda: "not accepted" in find(By.ID, "login-error").text, 10, "the refusal")
+        Shots(browser).take("login")
+        find(By.ID, "key").clear()
+        find(By.ID, "key").send_keys("s3cret phrase")
+        find(By.CSS_SELECTOR, "#login button").click()
+        _wait(lambda: browser.find_elements(By.ID, "compare-pick"), 10, "the page asked for, signed in")
+        assert not browser.execute_script("return document.cookie")  # HttpOnly: no script can read the key
+    finally:
+        server.stop()

@@ -126,6 +126,6 @@ def login_page(access: Access, next_path: str) -> str:
         "or <code>TUNESMITH_API_KEY</code>).</p>"
         f'<form id=login method=post action="/login" data-csrf="{access.csrf_token}" '
         f'data-next="{escape(next_path)}"><label>API key <input type=password name=key id=key '
-        "autocomplete=current-password></label> <button>Sign in</button><p id=login-error></p></form>"
+        "autocomplete=current-password></label> <button>Sign in</button><p id=login-error class=problem></p></form>"
         '<script src="/static/ui.js"></script></main></body></html>'
     )
