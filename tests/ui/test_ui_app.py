@@ -249,3 +249,19 @@ def test_compare_page(client: TestClient, runs_copy: tuple[Path, list[str]]) -> 
 def test_the_ui_refuses_a_network_address_without_a_key(tmp_path: Path) -> None:
     res = cli_here("ui", "--runs-dir", str(tmp_path / "runs"), "--host", "0.0.0.0")
     assert res.returncode == 1 and "without an API key" in res.stderr.replace("\n", " ")
+
+
+def test_damaged_files_are_named_on_the_page_not_as_a_traceback(
+    client: TestClient, runs_copy: tuple[Path, list[str]]
+) -> None:
+    runs, ids = runs_copy
+    (runs / ids[0] / "eval" / "eval.json").write_text("{not json")
+    page = client.get("/")
+    assert page.status_code == 200 and "eval.json cannot be read (JSONDecodeError" in page.text
+    assert f'id="run-{ids[1]}"' in page.text  # the other runs are still listed
+    metrics = runs / ids[1] / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
+    res = client.get(f"/runs/{ids[1]}/metrics.json")
+    assert res.status_code == 500 and "metrics.jsonl:2: not a JSON record" in res.json()["error"]
+    assert "Traceback" not in page.text + res.text

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from tunesmith.metrics_log import MetricsFileError
 from tunesmith.registry import RegistryError, get_run, promote, rollback
 from tunesmith.serve.app import Settings
 from tunesmith.serve.engine import ServeError
@@ -155,7 +156,10 @@ def create_app(config: UIConfig) -> FastAPI:
     @app.get("/runs/{run_id}/metrics.json")
     async def run_metrics(run_id: str, after: int = -1) -> Any:
         row = await asyncio.to_thread(get_run, runs_dir, run_id)
-        points = await asyncio.to_thread(curve_points, row.path, after)
+        try:
+            points = await asyncio.to_thread(curve_points, row.path, after)
+        except MetricsFileError as e:  # its message names the bad line and what to do
+            return JSONResponse({"error": str(e)}, 500)
         return JSONResponse({"points": points, "done": training_done(row), "stage": row.stage})
 
     def run_html(run_id: str, relative: str) -> Any:

@@ -71,10 +71,17 @@ def _verdict(run: RunRow) -> tuple[str, str, str]:
     """(class, headline, the primary metric's base -> tuned line with its CI) from eval/eval.json."""
     if not has_eval(run.path / "eval"):
         return "none", "", ""
-    ev = json.loads((run.path / "eval" / "eval.json").read_text(encoding="utf-8"))
-    if not ev.get("metrics"):
-        return "none", "", ""
-    return verdict(ev)
+    path = run.path / "eval" / "eval.json"
+    try:
+        ev = json.loads(path.read_text(encoding="utf-8"))
+        return verdict(ev) if ev.get("metrics") else ("none", "", "")
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        # One damaged file must not take the whole list down: the run's row says what is wrong instead.
+        return (
+            "fail",
+            f"{path} cannot be read ({type(e).__name__}: {e}); `tunesmith eval` writes it again",
+            "",
+        )
 
 
 def run_view(run: RunRow, alias_names: list[str]) -> RunView:

@@ -76,30 +76,38 @@ function setupCurves() {
   ];
   const status = document.getElementById("curve-status");
   let last = -1;
+  function add(points) {
+    for (const p of points) {
+      data.step.push(p.step);
+      for (const k of ["loss", "val_loss", "lr", "tokens_per_s"]) data[k].push(p[k] === undefined ? null : p[k]);
+      last = p.step;
+    }
+    if (points.length) {
+      for (const [c, keys] of charts) c.setData([data.step].concat(keys.map((k) => data[k])));
+    }
+    box.dataset.points = String(data.step.length);
+  }
   async function poll() {
-    let done = false;
+    let answer;
     try {
       const res = await fetch("/runs/" + encodeURIComponent(run) + "/metrics.json?after=" + last, { credentials: "same-origin" });
-      if (res.ok) {
-        const answer = await res.json();
-        for (const p of answer.points) {
-          data.step.push(p.step);
-          for (const k of ["loss", "val_loss", "lr", "tokens_per_s"]) data[k].push(p[k] === undefined ? null : p[k]);
-          last = p.step;
-        }
-        if (answer.points.length) {
-          for (const [c, keys] of charts) c.setData([data.step].concat(keys.map((k) => data[k])));
-        }
-        box.dataset.points = String(data.step.length);
-        done = answer.done;
-        status.textContent = data.step.length
-          ? data.step.length + " steps logged, last step " + last + (done ? " (training over)" : " (training…)")
-          : (done ? "no metrics were logged" : "waiting for the first step…");
+      answer = await res.json();
+      if (!res.ok) {
+        // A damaged metrics.jsonl does not mend itself: say what the server says, stop polling.
+        status.textContent = answer.error || ("the server answered " + res.status);
+        status.classList.add("problem");
+        return;
       }
     } catch (e) {
       status.textContent = "cannot reach the server; retrying";
+      window.setTimeout(poll, 1000);
+      return;
     }
-    if (!done) window.setTimeout(poll, 1000);
+    add(answer.points);
+    status.textContent = data.step.length
+      ? data.step.length + " steps logged, last step " + last + (answer.done ? " (training over)" : " (training…)")
+      : (answer.done ? "no metrics were logged" : "waiting for the first step…");
+    if (!answer.done) window.setTimeout(poll, 1000);
   }
   poll();
 }
