@@ -103,6 +103,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         f"--user-data-dir={tmp_path / 'profile'}",  # concurrent runs must not share a profile lock
     ):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, read by _console_errors
     # Debian's driver, named: Selenium Manager would try to download one (no network in CI or here).
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     # The page's own viewport at 1280x800 (a window of that size loses some height to the browser's frame).
@@ -126,6 +127,16 @@ def _wait(what: Callable[[], Any], timeout: float, message: str) -> Any:
             pass
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message}")
+
+
+def _console_errors(driver: Any) -> list[str]:
+    """The page console's errors since the last call: a script that failed, an asset or a request the
+    Content-Security-Policy blocked. The browser's own favicon request is not the UI's."""
+    return [
+        e["message"]
+        for e in driver.get_log("browser")
+        if e["level"] == "SEVERE" and "favicon.ico" not in e["message"]
+    ]
 
 
 class Shots:
@@ -311,6 +322,7 @@ def test_a_user_walks_through_the_ui(browser: Any, tmp_path: Path, tiny_model_di
         assert run_id in browser.page_source
         browser.switch_to.default_content()
         shots.take("compare")
+        assert _console_errors(browser) == []
 
         # The `tunesmith run` process the Start page began has ended (its page says so, and it is reaped).
         browser.get(draft_url)
@@ -341,6 +353,8 @@ def test_signing_in_with_the_key(browser: Any, tmp_path: Path) -> None:
         find(By.ID, "key").send_keys("wrong")
         find(By.CSS_SELECTOR, "#login button").click()
         _wait(lambda: "not accepted" in find(By.ID, "login-error").text, 10, "the refusal")
+        # The console sees the 401s (so the walk-through's empty console is a real check).
+        assert any("status of 401" in m for m in _console_errors(browser))
         Shots(browser).take("login")
         find(By.ID, "key").clear()
         find(By.ID, "key").send_keys("s3cret phrase")

@@ -55,10 +55,17 @@ class Playground:
         key = tuple(d.name for d in run_dirs)
         with self._load_lock:
             if self._engine is None or self._loaded != key:
-                self._engine = None  # release the previous model before loading the next
+                self._release()  # the previous model goes before the next one loads
                 self._engine = Engine(run_dirs)
                 self._loaded = key
             return self._engine
+
+    def _release(self) -> None:
+        # An engine that runs a decoding thread of its own (serve's continuous batcher) has `close`.
+        close = getattr(self._engine, "close", None)
+        if close is not None:
+            close()
+        self._engine = None
 
     def check(self, ask: Ask) -> None:
         """The limits `serve` applies to a request, before any model work."""
