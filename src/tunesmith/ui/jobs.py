@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -137,7 +138,8 @@ def write_initial_config(draft: Draft, data: Path, model: str, runs_dir: Path) -
 def check_config(draft: Draft, text: str) -> ConfigCheck:
     """Validate the editor's text exactly as `tunesmith run` loads a file (same loader, same messages). It
     is checked in a file next to the config, so relative data paths resolve as they will when it runs."""
-    probe = draft.folder / ".check.yaml"
+    # Its own name per check: the editor's check and the Plan or Run button may post at the same moment.
+    probe = draft.folder / f".check-{uuid.uuid4().hex}.yaml"
     atomic_write_text(probe, text)
     try:
         load_config(probe)
