@@ -773,6 +773,46 @@ def serve_cmd(
         raise _fail(e) from None
 
 
+@app.command("ui")
+def ui_cmd(
+    runs_dir: RunsDirOpt = RUNS_DIR_DEFAULT,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; anything but loopback needs an API key.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 7860,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--api-key",
+            help="Accepted key (repeat for several); as `serve`, default TUNESMITH_API_KEY (comma-separated).",
+            show_default=False,
+        ),
+    ] = None,
+    max_concurrency: Annotated[int, typer.Option(help="Playground answers generated at once.")] = 4,
+    timeout: Annotated[float, typer.Option(help="Seconds a playground answer may take.")] = 60.0,
+    max_tokens: Annotated[int, typer.Option(help="Largest max tokens of a playground answer.")] = 256,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest form body (uploads: 512 MiB).")] = 1 << 20,
+) -> None:
+    """The browser UI: runs (promote, roll back), a run's live curves and report, start a run from a data
+    file, the playground (base vs tuned, streamed), blind review, compare. Loopback only without a key."""
+    from tunesmith.serve.app import Settings
+    from tunesmith.serve.server import api_keys
+    from tunesmith.ui.server import UIStartError, serve_ui
+
+    settings = Settings(
+        api_keys=api_keys(api_key, os.environ.get("TUNESMITH_API_KEY")),
+        max_body_bytes=max_body_bytes,
+        max_concurrency=max_concurrency,
+        timeout_s=timeout,
+        default_max_tokens=max_tokens,
+        serve_dir=runs_dir / "serve",
+    )
+    try:
+        serve_ui(runs_dir, settings, host, port)
+    except UIStartError as e:
+        raise _fail(e) from None
+
+
 @feedback_app.command("export")
 def feedback_export(
     out: Annotated[Path, typer.Option(help="Folder for sft.jsonl, dpo.jsonl and feedback_set.json.")],

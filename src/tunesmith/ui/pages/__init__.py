@@ -1,0 +1,1 @@
+"""The UI's routes, one module per page; each builds an APIRouter over the shared Context."""
