@@ -143,3 +143,32 @@ def test_the_engine_stream_matches_transformers_generate(engine: Engine) -> None
     ref = [t for t in out[0, len(ids) :].tolist()]
     ref = ref[: next((i for i, t in enumerate(ref) if t in served.stop_ids), len(ref))]
     assert got == ref
+
+
+def test_base_rows_decode_with_the_adapters_off_in_the_same_batch(engine: Engine) -> None:
+    """The playground's base column: rows of the base model share the batch with adapter rows (peft's
+    `__base__`), and get what the model without its adapters generates."""
+    import torch
+
+    a, b = engine.served.values()
+    base = engine.base(a.run_id)
+    assert base is not None and base.decoder is None
+
+    def without_adapters(text: str) -> list[int]:
+        ids = prompt(base, text)
+        with torch.inference_mode(), engine.model.disable_adapter():
+            out = engine.model.generate(
+                input_ids=torch.tensor([ids]), max_new_tokens=10, do_sample=False, eos_token_id=base.stop_ids
+            )
+        new = out[0, len(ids) :].tolist()
+        return new[: next((i for i, t in enumerate(new) if t in base.stop_ids), len(new))]
+
+    # a question on which the adapter changes the answer, so the check can tell adapters on from off
+    question, ref = next(
+        (q, r) for q in QUESTIONS if (r := without_adapters(q)) != alone(engine, b, q, max_tokens=10)
+    )
+    rows = [submit(engine, s, question, max_tokens=10) for s in (a, base, b)]
+    got = [drain(r) for r in rows]
+    assert got[1] == ref
+    assert got[0] == alone(engine, a, question, max_tokens=10)
+    assert got[2] == alone(engine, b, question, max_tokens=10) != ref

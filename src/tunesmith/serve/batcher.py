@@ -11,9 +11,10 @@ Why not transformers' own continuous batching (`generate_batch` / `ContinuousBat
 takes one generation config for every request and has no per-request adapter, while this server's requests
 differ in adapter, sampling, stop tokens and constraint. The dynamic cache of a plain forward does all that.
 
-Adapters: rows of different LoRA adapters of one base share a batch through peft's mixed-adapter forward
-(`adapter_names=`, one name per row). peft refuses that for DoRA, and IA3 has no such path, so those rows
-batch per adapter, the batches stepping in turn. A model whose cache is not plain full attention (sliding
+Adapters: rows of different LoRA adapters of one base, and rows of the base itself (`BASE`: the playground's
+base column), share a batch through peft's mixed-adapter forward (`adapter_names=`, one name per row). peft
+refuses that for DoRA, and IA3 has no such path, so those rows batch per adapter, the batches stepping in
+turn, a batch of base rows with the adapters disabled while it steps. A model whose cache is not plain full attention (sliding
 windows, recurrent state) cannot have rows stacked this way: each request then decodes as its own batch of
 one, and requests still take turns step by step.
 """
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tunesmith.serve")
 
 DONE = None  # the last event of a request that ended normally (a stop token or max_tokens)
+BASE = "__base__"  # a row's adapter name for the base model, adapters off (peft's own name for it)
 
 
 class GenerationTimeout(Exception):
@@ -95,6 +97,8 @@ class Batcher:
         max_rows: int = 32,
         mixed_adapters: bool = False,
     ):
+        """`mixed_adapters`: the model's adapters are all LoRA, so rows of any of them (and BASE rows) may
+        share a batch through peft's `adapter_names=`."""
         self.model, self.device, self.max_rows = model, device, max_rows
         self._pick, self._generator = pick, generator
         self.mixed = mixed_adapters
@@ -281,22 +285,29 @@ class Batcher:
         cache: Any,
     ) -> torch.Tensor:
         """The last position's logits per row (float32, on the CPU), the rows' adapters applied."""
+        from contextlib import nullcontext
+
         extra: dict[str, Any] = {}
-        names = {a for a in adapters if a is not None}
-        if len(names) > 1:  # a mixed LoRA batch: peft routes each row through its own adapter
-            extra["adapter_names"] = [a or "__base__" for a in adapters]
-        elif names and (name := next(iter(names))) != self._active:
+        adapters_off: Any = nullcontext()
+        names = set(adapters)
+        if len(names) > 1 or names == {BASE} and self.mixed:
+            # a mixed LoRA batch: peft routes each row through its own adapter, or none for BASE
+            extra["adapter_names"] = [a or BASE for a in adapters]
+        elif names == {BASE}:
+            adapters_off = self.model.disable_adapter()  # DoRA / IA3: a batch of base rows alone
+        elif (name := adapters[0]) is not None and name != self._active:
             self.model.set_adapter(name)  # model-wide state, and only this thread decodes
             self._active = name
-        out = self.model(
-            input_ids=ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device),
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-            **extra,
-        )
+        with adapters_off:
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **extra,
+            )
         return out.logits[:, -1].float().cpu()
 
     def _drop(self, batch: _Batch, ended: list[_Row]) -> None:

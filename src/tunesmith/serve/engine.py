@@ -15,6 +15,7 @@ Its requests take turns under a lock: one forward each, nothing to batch across 
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import CleanConfig
-from tunesmith.serve.batcher import DONE, Batcher, Cancelled, GenerationTimeout, Request
+from tunesmith.serve.batcher import BASE, DONE, Batcher, Cancelled, GenerationTimeout, Request
 
 if TYPE_CHECKING:
     from tunesmith.eval.constrain import Decoder
@@ -198,13 +199,21 @@ class Engine:
                 _pick,
                 _generator,
                 max_rows=max_batch,
-                # peft mixes LoRA adapters in one batch (`adapter_names=`), not DoRA or IA3 ones.
-                mixed_adapters=len(runs) > 1 and all(c.method.name == "lora" for _, c, _, _ in runs),
+                # peft mixes LoRA adapters (and the base) in one batch (`adapter_names=`), not DoRA or IA3.
+                mixed_adapters=all(c.method.name == "lora" for _, c, _, _ in runs),
             )
 
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+
+    def base(self, run_id: str) -> Served | None:
+        """The base model, as what `run_id` was trained from: its tokenizer and system prompt, no adapter and
+        no answer constraint (the playground's base column). None beside a full fine-tune or a classifier."""
+        run = self.served[run_id]
+        if run.adapter is None or run.classifier:
+            return None
+        return dataclasses.replace(run, run_id="base", adapter=BASE, decoder=None, aliases=[])
 
     def lookup(self, name: str) -> Served | None:
         run_id = self.names.get(name)

@@ -3,23 +3,20 @@ engine (tunesmith.serve.engine: the same adapters, chat template, stop tokens an
 `tunesmith serve` uses).
 
 One engine is kept loaded, for the set of runs last asked for; asking for another set loads that one in its
-place (one base model in memory at a time). Every decode holds the engine's lock: the base column switches
-peft's adapters off model-wide while it decodes, so no other column may decode meanwhile.
+place (one base model in memory at a time). The columns decode together, in the engine's running batch
+(the base column as rows with the adapters off), as concurrent `serve` requests do.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import queue
 import threading
 import time
 from collections.abc import AsyncIterator
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tunesmith.serve.app import Settings
 from tunesmith.serve.engine import Cancelled, Engine, GenerationTimeout, Sampling, Served, TextStream
@@ -86,7 +83,7 @@ class Playground:
         """The column's answer, piece by piece. What can be refused is refused here, before the response
         starts (PlaygroundError); a busy server (`max_concurrency` answers being generated, serve's 429)
         and serve's deadline are said inside the stream, which has started by then."""
-        served, adapters_off = _column(engine, ask)
+        served = _column(engine, ask)
         prompt = _encode(served, ask.prompt)
         context = min(engine.context, self.settings.max_context or engine.context)
         if len(prompt) + ask.max_tokens > context:
@@ -96,7 +93,7 @@ class Playground:
         sampling = Sampling(
             ask.max_tokens, ask.temperature, constrain=served.decoder is not None and ask.model != BASE
         )
-        return self._generate(engine, served, prompt, sampling, adapters_off)
+        return self._generate(engine, served, prompt, sampling)
 
     async def _generate(
         self,
@@ -104,10 +101,9 @@ class Playground:
         served: Served,
         prompt: list[int],
         sampling: Sampling,
-        adapters_off: AbstractContextManager[Any],
     ) -> AsyncIterator[str]:
-        """Decoding runs on a thread of its own from start to end (torch's inference mode and peft's
-        adapter switch are per thread and per model); the pieces reach the response through a queue. A
+        """The column's tokens are read on a thread of its own (they come from the engine's batcher); the
+        pieces reach the response through a queue. A
         client that goes away ends the stream here, which cancels the decode between two tokens."""
         if not self._admitted.acquire(blocking=False):
             yield "[busy: too many answers are being generated; try again]"
@@ -116,7 +112,7 @@ class Playground:
         cancel = threading.Event()
         worker = threading.Thread(
             target=self._decode,
-            args=(engine, served, prompt, sampling, adapters_off, cancel, pieces),
+            args=(engine, served, prompt, sampling, cancel, pieces),
             daemon=True,
             name="tunesmith-ui-decode",
         )
@@ -133,21 +129,15 @@ class Playground:
         served: Served,
         prompt: list[int],
         sampling: Sampling,
-        adapters_off: AbstractContextManager[Any],
         cancel: threading.Event,
         pieces: queue.Queue[str | None],
     ) -> None:
         deadline = time.monotonic() + self.settings.timeout_s
         text = TextStream(served.tokenizer, [])
-        locked = engine.lock.acquire(timeout=self.settings.timeout_s)
         try:
-            if not locked:
-                pieces.put("[stopped: timed out waiting for the model]")
-                return
-            with adapters_off:
-                for token in engine.decode(served, prompt, sampling, deadline, cancel):
-                    if piece := text.push(token):
-                        pieces.put(piece)
+            for token in engine.decode(served, prompt, sampling, deadline, cancel):
+                if piece := text.push(token):
+                    pieces.put(piece)
             if piece := text.flush():
                 pieces.put(piece)
         except GenerationTimeout:
@@ -158,27 +148,24 @@ class Playground:
             log.exception("playground generation failed for %s", served.run_id)
             pieces.put("\n[stopped: generation failed (the server log has the details)]")
         finally:
-            if locked:
-                engine.lock.release()
             self._admitted.release()
             pieces.put(None)
 
 
-def _column(engine: Engine, ask: Ask) -> tuple[Served, AbstractContextManager[Any]]:
+def _column(engine: Engine, ask: Ask) -> Served:
     """What to decode for the column: a run as served, or the base (the first run's tokenizer and system
-    prompt, peft's adapters disabled while it decodes)."""
+    prompt, no adapter)."""
     if ask.model != BASE:
         served = engine.lookup(ask.model)
         if served is None:
             raise PlaygroundError(f"{ask.model} is not loaded")
         if served.classifier:
             raise PlaygroundError(f"{ask.model} is a classifier: ask it through `tunesmith serve`")
-        return served, nullcontext()
-    first = engine.served[ask.runs[0]]
-    if not hasattr(engine.model, "disable_adapter") or first.adapter is None:
+        return served
+    base = engine.base(ask.runs[0])
+    if base is None:
         raise PlaygroundError("the base model is not available beside a full fine-tune or a classifier")
-    base = dataclasses.replace(first, run_id=BASE, adapter=None, decoder=None, aliases=[])
-    return base, engine.model.disable_adapter()
+    return base
 
 
 def _encode(served: Served, prompt: str) -> list[int]:
