@@ -707,6 +707,19 @@ def export_cmd(
     console.print(f"[green]export verified[/green]: {run_dir / 'export'}")
 
 
+# The options `serve` and `ui` share: both bind loopback unless a key is set.
+HostOpt = Annotated[str, typer.Option(help="Address to bind; anything but loopback needs an API key.")]
+ApiKeyOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--api-key",
+        help="Accepted API key (repeat for several). Default: TUNESMITH_API_KEY, one string, several "
+        "keys separated by commas.",
+        show_default=False,
+    ),
+]
+
+
 @app.command("serve")
 def serve_cmd(
     runs: Annotated[
@@ -715,19 +728,9 @@ def serve_cmd(
     alias: Annotated[
         str | None, typer.Option(help="Also serve the run this alias points at, under the alias name.")
     ] = None,
-    host: Annotated[
-        str, typer.Option(help="Address to bind; anything but loopback needs an API key.")
-    ] = "127.0.0.1",
+    host: HostOpt = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    api_key: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--api-key",
-            help="Accepted API key (repeat for several). Default: TUNESMITH_API_KEY, one string, several "
-            "keys separated by commas.",
-            show_default=False,
-        ),
-    ] = None,
+    api_key: ApiKeyOpt = None,
     max_concurrency: Annotated[
         int,
         typer.Option(help="Requests admitted at once (they decode together, in one batch); more get 429."),
@@ -776,18 +779,9 @@ def serve_cmd(
 @app.command("ui")
 def ui_cmd(
     runs_dir: RunsDirOpt = RUNS_DIR_DEFAULT,
-    host: Annotated[
-        str, typer.Option(help="Address to bind; anything but loopback needs an API key.")
-    ] = "127.0.0.1",
+    host: HostOpt = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 7860,
-    api_key: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--api-key",
-            help="Accepted key (repeat for several); as `serve`, default TUNESMITH_API_KEY (comma-separated).",
-            show_default=False,
-        ),
-    ] = None,
+    api_key: ApiKeyOpt = None,
     max_concurrency: Annotated[int, typer.Option(help="Playground answers generated at once.")] = 4,
     timeout: Annotated[float, typer.Option(help="Seconds a playground answer may take.")] = 60.0,
     max_tokens: Annotated[int, typer.Option(help="Largest max tokens of a playground answer.")] = 256,
