@@ -8,6 +8,7 @@ the same three files in its own process, with the built-in SmolLM2-135M-Instruct
                 batch 8, 1 epoch); scored with constrained decoding, and also unconstrained (the same run's
                 unconstrained pass): what plain generation scores, and how often it names no label at all
   sft-new       sft with today's defaults (train.recipe: auto, eval.constrain: auto)
+  sft-new-nogroup  the same with train.group_by_length false (random batches instead of length-grouped ones)
   classify-new  train.objective classify with today's defaults (head at 10x lr in its own group)
   classify-today classify with the earlier settings (recipe manual: head at the adapter's lr)
   encoder       classify on builtin:all-minilm-l6-v2 (BERT, 22M parameters), full fine-tune
@@ -70,6 +71,7 @@ TUNE_TARGET = 0.88  # the issue's goal for tune on this subset
 ARMS: dict[str, dict[str, Any]] = {
     "sft-today": {"train": {"objective": "sft", "recipe": "manual"}},
     "sft-new": {"train": {"objective": "sft"}},
+    "sft-new-nogroup": {"train": {"objective": "sft", "group_by_length": False}},
     "classify-new": {"train": {"objective": "classify"}},
     "classify-today": {"train": {"objective": "classify", "recipe": "manual", "head_lr": 2e-4}},
     "encoder": {
