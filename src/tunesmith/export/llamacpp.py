@@ -131,18 +131,16 @@ class LlamaServer:
 
 
 def conversations(tok: Any, examples: Sequence[Any], n: int) -> list[Conversation]:
-    """The first `n` chat test examples as requests: their turns before the final answer."""
+    """The first `n` chat test examples as requests (the ones `verify.probes` takes): their turns before
+    the final answer."""
     from tunesmith.data.tokenize import encode_prompt
+    from tunesmith.export.verify import chat_tests
 
     out = []
-    for ex in examples:
-        if ex.kind != "chat" or len(ex.messages) < 2:
-            continue
+    for ex in chat_tests(examples, n):
         turns = list(ex.messages[:-1])
         messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in turns]
         out.append(Conversation(messages, encode_prompt(tok, turns)))
-        if len(out) == n:
-            break
     return out
 
 

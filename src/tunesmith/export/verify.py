@@ -43,16 +43,17 @@ class Probe:
     prompt_len: int
 
 
+def chat_tests(examples: Sequence[Example], n: int) -> list[Example]:
+    """The first `n` test examples that are conversations with an answer: what exports are checked on."""
+    return [ex for ex in examples if ex.kind == "chat" and len(ex.messages) >= 2][:n]
+
+
 def probes(tok: Any, examples: Sequence[Example], n: int, max_length: int) -> list[Probe]:
     out = []
-    for ex in examples:
-        if ex.kind != "chat" or len(ex.messages) < 2:
-            continue
+    for ex in chat_tests(examples, n):
         full = encode_chat(tok, ex.messages, max_length=max(max_length, 1 << 16)).input_ids
         prompt = encode_prompt(tok, ex.messages)
         out.append(Probe(full, len(prompt)))
-        if len(out) == n:
-            break
     return out
 
 

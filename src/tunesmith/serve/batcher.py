@@ -27,7 +27,6 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +78,6 @@ class _Row:
 class _Batch:
     """Rows decoding together: one KV cache, left-padded, and its attention mask (1 where a row has a token)."""
 
-    adapter: str | None  # the adapter every row uses; None: a mixed LoRA batch (names per row), or no adapter
     rows: list[_Row] = field(default_factory=list)
     cache: Any = None
     mask: torch.Tensor | None = None
@@ -92,15 +90,12 @@ class Batcher:
         self,
         model: Any,
         device: str,
-        pick: Callable[[torch.Tensor, Sampling, Any], int],
-        generator: Callable[[Sampling], Any],
         max_rows: int = 32,
         mixed_adapters: bool = False,
     ):
         """`mixed_adapters`: the model's adapters are all LoRA, so rows of any of them (and BASE rows) may
         share a batch through peft's `adapter_names=`."""
         self.model, self.device, self.max_rows = model, device, max_rows
-        self._pick, self._generator = pick, generator
         self.mixed = mixed_adapters
         self.config = _text_config(model)
         self.stackable = _stackable(self.config)
@@ -171,7 +166,7 @@ class Batcher:
             else:
                 self._waiting.append(req)
         for key, reqs in joining.items():
-            batch = self._batches.get(key) or _Batch(adapter=None if self.mixed else reqs[0].served.adapter)
+            batch = self._batches.get(key) or _Batch()
             try:
                 self._join(batch, reqs)
             except Exception as e:
@@ -213,7 +208,7 @@ class Batcher:
             keep = torch.full_like(logits, -torch.inf)
             keep[allowed] = 0.0
             logits = logits + keep
-        nxt = self._pick(logits, req.sampling, row.gen)
+        nxt = pick_token(logits, req.sampling, row.gen)
         if nxt in req.served.stop_ids:
             req.events.put(DONE)
             return
@@ -239,7 +234,7 @@ class Batcher:
             mask[i, width - len(r.prompt) :] = 1
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.config)
-        logits = self._forward(batch, [r.served.adapter for r in reqs], ids, mask, positions, cache)
+        logits = self._forward([r.served.adapter for r in reqs], ids, mask, positions, cache)
         rows = [
             _Row(
                 req=r,
@@ -247,7 +242,7 @@ class Batcher:
                 constraint=r.served.decoder.processor(0)
                 if r.served.decoder is not None and r.sampling.constrain
                 else None,
-                gen=self._generator(r.sampling),
+                gen=sampling_generator(r.sampling),
                 logits=logits[i],
             )
             for i, r in enumerate(reqs)
@@ -268,7 +263,7 @@ class Batcher:
         positions = torch.tensor([[r.pos] for r in batch.rows], dtype=torch.long)
         batch.mask = torch.cat([batch.mask, torch.ones((len(batch.rows), 1), dtype=torch.long)], dim=1)
         logits = self._forward(
-            batch, [r.req.served.adapter for r in batch.rows], ids, batch.mask, positions, batch.cache
+            [r.req.served.adapter for r in batch.rows], ids, batch.mask, positions, batch.cache
         )
         for row, row_logits in zip(batch.rows, logits, strict=True):
             row.logits, row.pos = row_logits, row.pos + 1
@@ -277,7 +272,6 @@ class Batcher:
 
     def _forward(
         self,
-        batch: _Batch,
         adapters: list[str | None],
         ids: torch.Tensor,
         mask: torch.Tensor,
@@ -368,3 +362,29 @@ def _stackable(config: Any) -> bool:
 
     probe = DynamicCache(config=config)
     return bool(probe.layers) and all(type(layer) is DynamicLayer for layer in probe.layers)
+
+
+def sampling_generator(sampling: Sampling) -> Any:
+    """The random generator of a sampled request (None for greedy): seeded by the request, or by the clock."""
+    if sampling.temperature <= 0:
+        return None
+    import torch
+
+    gen = torch.Generator(device="cpu")
+    # A request's seed is at most 2^63 - 1; the n-th choice adds n, so wrap into the generator's range.
+    seed = sampling.seed % (1 << 63) if sampling.seed is not None else int(time.time_ns() % (1 << 62))
+    gen.manual_seed(seed)
+    return gen
+
+
+def pick_token(logits: Any, s: Sampling, gen: Any) -> int:
+    import torch
+
+    if s.temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / s.temperature, dim=-1)
+    if s.top_p < 1.0:
+        sorted_p, idx = probs.sort(descending=True)
+        keep = sorted_p.cumsum(0) - sorted_p < s.top_p  # the smallest set whose mass reaches top_p
+        probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=gen))

@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import CleanConfig
-from tunesmith.serve.batcher import BASE, DONE, Batcher, Cancelled, GenerationTimeout, Request
+from tunesmith.serve.batcher import (
+    BASE,
+    DONE,
+    Batcher,
+    Cancelled,
+    GenerationTimeout,
+    Request,
+    pick_token,
+    sampling_generator,
+)
 
 if TYPE_CHECKING:
     from tunesmith.eval.constrain import Decoder
@@ -196,8 +205,6 @@ class Engine:
             self.batcher = Batcher(
                 self.model,
                 self.device,
-                _pick,
-                _generator,
                 max_rows=max_batch,
                 # peft mixes LoRA adapters (and the base) in one batch (`adapter_names=`), not DoRA or IA3.
                 mixed_adapters=all(c.method.name == "lora" for _, c, _, _ in runs),
@@ -257,7 +264,7 @@ class Engine:
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([prompt_ids], device=self.device))
         logits = out.logits[0].float().cpu()
-        return served.labels[_pick(logits, sampling, _generator(sampling))]
+        return served.labels[pick_token(logits, sampling, sampling_generator(sampling))]
 
 
 def _class_labels(run_dir: Path) -> list[str]:
@@ -270,32 +277,6 @@ def _class_labels(run_dir: Path) -> list[str]:
             f"run {run_dir.name} is a classifier without labels in its pre-flight: train it again"
         )
     return [str(lab) for lab in labels]
-
-
-def _generator(sampling: Sampling) -> Any:
-    """The random generator of a sampled request (None for greedy): seeded by the request, or by the clock."""
-    if sampling.temperature <= 0:
-        return None
-    import torch
-
-    gen = torch.Generator(device="cpu")
-    # A request's seed is at most 2^63 - 1; the n-th choice adds n, so wrap into the generator's range.
-    seed = sampling.seed % (1 << 63) if sampling.seed is not None else int(time.time_ns() % (1 << 62))
-    gen.manual_seed(seed)
-    return gen
-
-
-def _pick(logits: Any, s: Sampling, gen: Any) -> int:
-    import torch
-
-    if s.temperature <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits / s.temperature, dim=-1)
-    if s.top_p < 1.0:
-        sorted_p, idx = probs.sort(descending=True)
-        keep = sorted_p.cumsum(0) - sorted_p < s.top_p  # the smallest set whose mass reaches top_p
-        probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
-    return int(torch.multinomial(probs, 1, generator=gen))
 
 
 class TextStream:

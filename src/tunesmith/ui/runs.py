@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.eval.report import verdict
-from tunesmith.eval.result import has_eval
+from tunesmith.eval.result import eval_path, has_eval, read_eval
 from tunesmith.metrics_log import FILE_NAME as METRICS_FILE
 from tunesmith.metrics_log import read_metrics
 from tunesmith.registry import STAGE_ORDER, RunRow, aliases, get_run, list_runs
@@ -71,10 +71,10 @@ def _verdict(run: RunRow) -> tuple[str, str, str]:
     """(class, headline, the primary metric's base -> tuned line with its CI) from eval/eval.json."""
     if not has_eval(run.path / "eval"):
         return "none", "", ""
-    path = run.path / "eval" / "eval.json"
+    path = eval_path(run.path / "eval")
     try:
-        ev = json.loads(path.read_text(encoding="utf-8"))
-        return verdict(ev) if ev.get("metrics") else ("none", "", "")
+        ev = read_eval(path).as_json()  # eval.json is read by the module that writes it
+        return verdict(ev) if ev["metrics"] else ("none", "", "")
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         # One damaged file must not take the whole list down: the run's row says what is wrong instead.
         return (
