@@ -131,3 +131,31 @@ def test_prompt_tuned_generation_is_constrained_from_its_first_token(
         decoder=Decoder(space, tokenizer, stops),
     )
     assert all(g.text in LABELS for g in out)
+
+
+@pytest.mark.parametrize("max_states", [200_000, 3])
+def test_a_json_space_shared_by_answers_allows_what_a_fresh_enforcer_allows(
+    tokenizer: Any, max_states: int
+) -> None:
+    """Serve and eval share one enforcer per schema (its parser states are cached by generated prefix);
+    each answer must still see exactly what an enforcer of its own allows. With a cache of 3 states the
+    enforcer starts over mid-answer on nearly every token, and the row's prefix must be replayed."""
+    from lmformatenforcer import JsonSchemaParser, TokenEnforcer
+
+    from tunesmith.eval.constrain import JsonSpace, _token_table
+
+    stops = stop_token_ids(tokenizer)
+    rows = [{"queue": LABELS[i % 4], "priority": ["low", "high"][i % 2]} for i in range(24)]
+    space = infer_answer_space([json.dumps(r) for r in rows])
+    table = _token_table(tokenizer, tuple(stops))
+    shared = JsonSpace(table, space.schema, max_states=max_states)
+    answers = [answer_ids(tokenizer, json.dumps(r), stops)[:-1] for r in rows[:4]]
+    # interleaved, as rows of one batch step in turn
+    fresh = [TokenEnforcer(table, JsonSchemaParser(space.schema)) for _ in answers]
+    for k in range(max(len(a) for a in answers) + 1):
+        for ans, own in zip(answers, fresh, strict=True):
+            if k <= len(ans):
+                expected = sorted(own.get_allowed_tokens(ans[:k]).allowed_tokens)
+                assert sorted(shared.allowed(ans[:k]).tolist()) == expected, (k, tokenizer.decode(ans[:k]))
+    if max_states == 3:
+        assert len(shared.enforcer.prefix_states) <= 3 + max(len(a) for a in answers) + 1

@@ -1,0 +1,221 @@
+"""How far batching can take serving on this machine: the model's ceiling, then the engine without HTTP.
+
+    PYTHONPATH=src python benchmarks/serve_bound.py --run runs/A          # a trained run, ~5 min on 2 cores
+
+`benchmarks/serve_load.py` measures the whole server over HTTP. This script splits its 8-clients-over-1
+ratio in two, with the same prompts (the support tickets, as chat messages with the run's system prompt):
+
+  ceiling   the served model's forward costs, timed alone: the prefill of one prompt and of eight, and one
+            decode step at batch 1 and at batch 8 (the run's adapter on). With the mean prompt length and
+            the mean answer length the engine produced, the best 8-over-1 tokens/s ratio any scheduler can
+            reach is  8 x (prefill_1 + n x step_1) / (prefill_8 + n x step_8): eight requests prefilled in
+            one forward and decoded together for all of their n tokens, nothing else running.
+  engine    the serve engine's batcher, called in-process by C threads back to back (no HTTP, no JSON
+            bodies), decoding as the chat endpoint does (inside the run's answer space when it has one):
+            tokens/s and p95 latency at 1 and 8 threads, the same ratio as issue 16's goal.
+
+So: ceiling below 5x means no scheduler meets the goal on this machine; engine far below the ceiling
+means the scheduler loses it; serve_load far below engine means HTTP and the clients' own CPU lose it.
+Results: benchmarks/results/serve_bound.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src")]
+
+
+def chat_prompts(served: Any, n: int) -> list[list[int]]:
+    """The first n support tickets as the server encodes a chat request: system prompt, then the user turn."""
+    from tunesmith.data.tokenize import encode_prompt
+
+    tickets = ROOT / "examples" / "support-tickets" / "data" / "tickets.jsonl"
+    rows = [json.loads(line)["instruction"] for line in tickets.read_text().splitlines()[:n]]
+    system = [{"role": "system", "content": served.system_prompt}] if served.system_prompt else []
+    return [list(encode_prompt(served.tokenizer, [*system, {"role": "user", "content": r}])) for r in rows]
+
+
+def timed(fn: Any, repeat: int) -> float:
+    """Median seconds of `repeat` calls, after one untimed warm-up."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def forward_costs(engine: Any, prompt_len: int, repeat: int) -> dict[str, float]:
+    """Prefill of 1 and 8 prompts of `prompt_len` tokens, and one decode step at batch 1 and 8, in seconds."""
+    import torch
+    from transformers import DynamicCache
+
+    model, config = engine.model, engine.batcher.config
+    costs: dict[str, float] = {}
+    with torch.inference_mode():
+        for b in (1, 8):
+            ids = torch.randint(1000, 2000, (b, prompt_len))
+
+            def prefill(ids: torch.Tensor = ids) -> Any:
+                cache = DynamicCache(config=config)
+                model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+                return cache
+
+            costs[f"prefill_{b}_s"] = timed(prefill, repeat)
+            cache = prefill()
+            pos = [prompt_len]
+
+            def step(b: int = b, cache: Any = cache) -> None:
+                model(
+                    input_ids=torch.randint(1000, 2000, (b, 1)),
+                    position_ids=torch.full((b, 1), pos[0]),
+                    cache=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                pos[0] += 1
+
+            costs[f"step_{b}_s"] = timed(step, 4 * repeat)
+    return costs
+
+
+def ceiling(costs: dict[str, float], answer_tokens: float) -> float:
+    one = costs["prefill_1_s"] + answer_tokens * costs["step_1_s"]
+    eight = costs["prefill_8_s"] + answer_tokens * costs["step_8_s"]
+    return 8 * one / eight
+
+
+def engine_level(
+    engine: Any, served: Any, prompts: list[list[int]], threads: int, total: int, max_tokens: int
+) -> dict[str, Any]:
+    """`threads` callers decode back to back until `total` requests are answered: tokens/s, latency."""
+    from tunesmith.serve.engine import Sampling
+
+    lock = threading.Lock()
+    issued = 0
+    done: list[tuple[float, int]] = []
+
+    def caller() -> None:
+        nonlocal issued
+        while True:
+            with lock:
+                if issued >= total:
+                    return
+                i = issued
+                issued += 1
+            t = time.perf_counter()
+            ids = list(
+                engine.decode(
+                    served,
+                    prompts[i % len(prompts)],
+                    # as the chat endpoint decodes: inside the run's answer space, when it has one
+                    Sampling(max_tokens=max_tokens, constrain=True),
+                    time.monotonic() + 600,
+                    threading.Event(),
+                )
+            )
+            with lock:
+                done.append((time.perf_counter() - t, len(ids)))
+
+    workers = [threading.Thread(target=caller) for _ in range(threads)]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    wall = time.perf_counter() - t0
+    latencies = sorted(lat for lat, _ in done)
+    tokens = sum(n for _, n in done)
+    return {
+        "threads": threads,
+        "requests": len(done),
+        "wall_s": round(wall, 3),
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / wall, 2),
+        "mean_answer_tokens": round(tokens / len(done), 1),
+        "latency_p50_s": round(statistics.median(latencies), 3),
+        "latency_p95_s": round(latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))], 3),
+        "mean_batch": None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="A trained run directory (an adapter).")
+    ap.add_argument("--requests", type=int, default=32, help="Requests per engine level.")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=5, help="Timed repeats of each forward.")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+
+    from tunesmith.serve.engine import Engine
+
+    engine = Engine([args.run])
+    try:
+        served = next(iter(engine.served.values()))
+        prompts = chat_prompts(served, 50)
+        prompt_len = round(statistics.fmean(len(p) for p in prompts))
+        levels = []
+        for threads in (1, 8):
+            before = (engine.batcher.steps, engine.batcher.rows_stepped)
+            level = engine_level(engine, served, prompts, threads, args.requests, args.max_tokens)
+            steps = engine.batcher.steps - before[0]
+            level["mean_batch"] = round((engine.batcher.rows_stepped - before[1]) / max(steps, 1), 2)
+            print(json.dumps(level), flush=True)
+            levels.append(level)
+        costs = forward_costs(engine, prompt_len, args.repeat)
+    finally:
+        engine.close()
+    answer = statistics.fmean(lv["mean_answer_tokens"] for lv in levels)
+    one, eight = levels
+    result = {
+        "run": args.run.name,
+        "prompt_tokens_mean": prompt_len,
+        "answer_tokens_mean": round(answer, 1),
+        "forward_costs_s": {k: round(v, 4) for k, v in costs.items()},
+        "ceiling_8_over_1": round(ceiling(costs, answer), 2),
+        "decode_only_8_over_1": round(8 * costs["step_1_s"] / costs["step_8_s"], 2),
+        "prefill_8_over_1": round(8 * costs["prefill_1_s"] / costs["prefill_8_s"], 2),
+        "engine": levels,
+        "engine_8_over_1": {
+            "tokens_per_s": round(eight["tokens_per_s"] / one["tokens_per_s"], 2),
+            "p95": round(eight["latency_p95_s"] / one["latency_p95_s"], 2),
+        },
+        "torch_threads": _torch_threads(),
+        "cpus": os.cpu_count(),
+        "cpu": _cpu_name(),
+        "machine": platform.platform(),
+    }
+    out = args.out or ROOT / "benchmarks" / "results" / "serve_bound.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "engine"}, indent=2))
+    print(out)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
