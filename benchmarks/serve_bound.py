@@ -42,7 +42,11 @@ def chat_prompts(served: Any, n: int) -> list[list[int]]:
 
     tickets = ROOT / "examples" / "support-tickets" / "data" / "tickets.jsonl"
     rows = [json.loads(line)["instruction"] for line in tickets.read_text().splitlines()[:n]]
-    system = [{"role": "system", "content": served.system_prompt}] if served.system_prompt else []
+    from tunesmith.data.formats import Message
+
+    system: list[Message] = (
+        [{"role": "system", "content": served.system_prompt}] if served.system_prompt else []
+    )
     return [list(encode_prompt(served.tokenizer, [*system, {"role": "user", "content": r}])) for r in rows]
 
 
@@ -77,7 +81,7 @@ def forward_costs(engine: Any, prompt_len: int, repeat: int) -> dict[str, float]
             cache = prefill()
             pos = [prompt_len]
 
-            def step(b: int = b, cache: Any = cache) -> None:
+            def step(b: int = b, cache: Any = cache, pos: list[int] = pos) -> None:
                 model(
                     input_ids=torch.randint(1000, 2000, (b, 1)),
                     position_ids=torch.full((b, 1), pos[0]),
@@ -147,7 +151,8 @@ def engine_level(
         "mean_answer_tokens": round(tokens / len(done), 1),
         "latency_p50_s": round(statistics.median(latencies), 3),
         "latency_p95_s": round(latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))], 3),
-        "mean_batch": None,
+        "mean_batch": None,  # rows per decode step, filled by the caller from the batcher's counters
+        "mean_join": None,  # prompts per prefill
     }
 
 
@@ -167,12 +172,20 @@ def main() -> None:
         served = next(iter(engine.served.values()))
         prompts = chat_prompts(served, 50)
         prompt_len = round(statistics.fmean(len(p) for p in prompts))
+        batcher = engine.batcher
+        if batcher is None:
+            ap.error(f"{args.run.name} is a classifier: it answers in one forward, nothing to batch")
         levels = []
         for threads in (1, 8):
-            before = (engine.batcher.steps, engine.batcher.rows_stepped)
+            before = batcher.stats()
             level = engine_level(engine, served, prompts, threads, args.requests, args.max_tokens)
-            steps = engine.batcher.steps - before[0]
-            level["mean_batch"] = round((engine.batcher.rows_stepped - before[1]) / max(steps, 1), 2)
+            after = batcher.stats()
+            level["mean_batch"] = round(
+                (after.rows_stepped - before.rows_stepped) / max(after.steps - before.steps, 1), 2
+            )
+            level["mean_join"] = round(
+                (after.prefill_rows - before.prefill_rows) / max(after.prefills - before.prefills, 1), 2
+            )
             print(json.dumps(level), flush=True)
             levels.append(level)
         costs = forward_costs(engine, prompt_len, args.repeat)

@@ -178,13 +178,43 @@ def run_arm(
     with server as srv:
         load_level(srv.url, models, 1, 2, args.max_tokens, prompts)  # warm-up
         for c in clients:
+            before = batch_counters(srv.url) if name.startswith("tunesmith") else None
             level = {
                 "arm": name,
                 **load_level(srv.url, models, c, max(args.requests, 2 * c), args.max_tokens, prompts),
             }
+            if before is not None:
+                level["batching"] = batching(before, batch_counters(srv.url))
             print(json.dumps(level), flush=True)
             levels.append(level)
     return levels
+
+
+def batch_counters(url: str) -> dict[str, int]:
+    """The server's decode and prefill counters from /metrics."""
+    import httpx
+
+    text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).text
+    return {
+        name: int(value)
+        for name, value in (line.split() for line in text.splitlines() if line.startswith("tunesmith_"))
+        if name.endswith("_total") and ("decode" in name or "prefill" in name)
+    }
+
+
+def batching(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    """Over one level: rows per decode step (how much concurrency became batching) and prompts per prefill."""
+    d = {k: after[k] - before[k] for k in after}
+    return {
+        "mean_decode_batch": round(
+            d["tunesmith_decode_rows_total"] / max(d["tunesmith_decode_steps_total"], 1), 2
+        ),
+        "mean_prefill_batch": round(
+            d["tunesmith_prefill_rows_total"] / max(d["tunesmith_prefills_total"], 1), 2
+        ),
+        "decode_steps": d["tunesmith_decode_steps_total"],
+        "prefills": d["tunesmith_prefills_total"],
+    }
 
 
 def goal(levels: list[dict[str, Any]]) -> dict[str, Any] | None:

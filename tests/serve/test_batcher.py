@@ -77,13 +77,20 @@ def test_rows_decoded_together_get_the_tokens_they_get_alone(engine: Engine) -> 
     )
 
     assert engine.batcher is not None
-    steps = engine.batcher.steps
+    before = engine.batcher.stats()
     together = [submit(engine, s, q) for s, q in pairs]  # both adapters, five prompt lengths, one batch
     assert [drain(r) for r in together] == expected
     tokens = sum(len(t) for t in expected if isinstance(t, list))
+    after = engine.batcher.stats()
+    steps = after.steps - before.steps
     # one forward advanced many rows: far fewer decode steps than tokens
-    assert engine.batcher.steps - steps <= max(len(t) for t in expected if isinstance(t, list))
-    assert tokens > 3 * (engine.batcher.steps - steps)
+    assert steps <= max(len(t) for t in expected if isinstance(t, list))
+    assert tokens > 3 * steps
+    # /metrics' counters: every prompt prefilled once, every row advanced counted
+    assert after.prefill_rows - before.prefill_rows == len(pairs)
+    assert after.prefills - before.prefills < len(pairs)  # prompts joined together
+    assert after.rows_stepped - before.rows_stepped > 3 * steps
+    assert (after.running, after.waiting) == (0, 0)
 
 
 def test_a_request_joining_a_running_batch_gets_its_own_tokens(engine: Engine) -> None:

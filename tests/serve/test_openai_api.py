@@ -204,3 +204,9 @@ def test_twenty_concurrent_clients_over_a_limit_of_four(
     assert f'tunesmith_requests_total{{route="/v1/chat/completions",status="429"}} {counts[429]}' in metrics
     assert f'tunesmith_tokens_total{{model="{ids[0]}",kind="completion"}}' in metrics
     assert "tunesmith_request_seconds_bucket" in metrics and "tunesmith_requests_in_flight 0" in metrics
+    # the running batch: idle now, and its counters moved
+    assert "tunesmith_batch_rows 0" in metrics and "tunesmith_batch_waiting 0" in metrics
+    rows = {
+        k: int(v) for k, v in (ln.split() for ln in metrics.splitlines() if ln.startswith("tunesmith_pre"))
+    }
+    assert rows["tunesmith_prefill_rows_total"] >= counts[200]

@@ -385,7 +385,8 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus() -> Any:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        batch = engine.batcher.stats() if engine.batcher is not None else None
+        return PlainTextResponse(metrics.render(batch), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

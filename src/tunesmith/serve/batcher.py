@@ -63,6 +63,17 @@ class Request:
     abandoned: bool = False
 
 
+@dataclass(frozen=True)
+class BatchStats:
+    running: int  # rows decoding now
+    waiting: int  # requests submitted and not yet in a batch
+    steps: int  # decode forwards so far
+    rows_stepped: int  # rows those forwards advanced
+    prefills: int  # prefill forwards so far
+    prefill_rows: int  # prompts they prefilled
+    prefill_tokens: int  # prompt tokens they prefilled
+
+
 @dataclass(eq=False)
 class _Row:
     req: Request
@@ -106,6 +117,9 @@ class Batcher:
         self._active: str | None = None  # the adapter set on the model last
         self.steps = 0  # decode forwards run (for tests and metrics)
         self.rows_stepped = 0  # rows those forwards advanced: rows_stepped / steps is the mean batch
+        self.prefills = 0  # prefill forwards run
+        self.prefill_rows = 0  # prompts they prefilled: prefill_rows / prefills is the mean join
+        self.prefill_tokens = 0  # prompt tokens prefilled
         self._thread = threading.Thread(target=self._loop, daemon=True, name="tunesmith-batcher")
         self._thread.start()
 
@@ -119,6 +133,18 @@ class Batcher:
     @property
     def running_rows(self) -> int:
         return sum(len(b.rows) for b in self._batches.values())
+
+    def stats(self) -> BatchStats:
+        """Counters for /metrics (read without a lock: each is one int written by the decoding thread)."""
+        return BatchStats(
+            running=self.running_rows,
+            waiting=len(self._waiting) + self._inbox.qsize(),
+            steps=self.steps,
+            rows_stepped=self.rows_stepped,
+            prefills=self.prefills,
+            prefill_rows=self.prefill_rows,
+            prefill_tokens=self.prefill_tokens,
+        )
 
     # -- the loop -----------------------------------------------------------------------------------
 
@@ -235,6 +261,9 @@ class Batcher:
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.config)
         logits = self._forward([r.served.adapter for r in reqs], ids, mask, positions, cache)
+        self.prefills += 1
+        self.prefill_rows += len(reqs)
+        self.prefill_tokens += sum(len(r.prompt) for r in reqs)
         rows = [
             _Row(
                 req=r,

@@ -5,6 +5,10 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tunesmith.serve.batcher import BatchStats
 
 LATENCY_BUCKETS: Sequence[float] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -46,7 +50,8 @@ class Metrics:
         with self._lock:
             self.feedback_write_failures += 1
 
-    def render(self) -> str:
+    def render(self, batch: BatchStats | None = None) -> str:
+        """The exposition; `batch`: the decoding batch's counters (none for a classifier)."""
         with self._lock:
             out = [
                 "# HELP tunesmith_requests_total HTTP requests by route and status code.",
@@ -81,4 +86,24 @@ class Metrics:
                 "# TYPE tunesmith_feedback_write_failures_total counter",
                 f"tunesmith_feedback_write_failures_total {self.feedback_write_failures}",
             ]
+        if batch is not None:
+            out += _batch_lines(batch)
         return "\n".join(out) + "\n"
+
+
+def _batch_lines(b: BatchStats) -> list[str]:
+    """The running batch: rows_total / steps_total is the mean batch a decode step ran (how much
+    concurrency turned into batching), prefill_rows_total / prefills_total the mean join."""
+    series = [
+        ("tunesmith_batch_rows", "gauge", "Sequences decoding in the running batch.", b.running),
+        ("tunesmith_batch_waiting", "gauge", "Admitted requests waiting to join the batch.", b.waiting),
+        ("tunesmith_decode_steps_total", "counter", "Decode forwards (one token per row).", b.steps),
+        ("tunesmith_decode_rows_total", "counter", "Rows advanced by decode forwards.", b.rows_stepped),
+        ("tunesmith_prefills_total", "counter", "Prefill forwards (requests joining).", b.prefills),
+        ("tunesmith_prefill_rows_total", "counter", "Prompts prefilled.", b.prefill_rows),
+        ("tunesmith_prefill_tokens_total", "counter", "Prompt tokens prefilled.", b.prefill_tokens),
+    ]
+    out = []
+    for name, kind, text, value in series:
+        out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    return out
