@@ -5,14 +5,16 @@
 `benchmarks/serve_load.py` measures the whole server over HTTP. This script splits its 8-clients-over-1
 ratio in two, with the same prompts (the support tickets, as chat messages with the run's system prompt):
 
-  ceiling   the served model's forward costs, timed alone: the prefill of one prompt and of eight, and one
-            decode step at batch 1 and at batch 8 (the run's adapter on). With the mean prompt length and
-            the mean answer length the engine produced, the best 8-over-1 tokens/s ratio any scheduler can
-            reach is  8 x (prefill_1 + n x step_1) / (prefill_8 + n x step_8): eight requests prefilled in
-            one forward and decoded together for all of their n tokens, nothing else running.
+  ceiling   the served model's forward costs, timed alone: the prefill of one prompt and of eight (whole,
+            and after the prefix every prompt shares, cached), and one decode step at batch 1 and at
+            batch 8 (the run's adapter on). With the mean prompt length and the mean answer length the
+            engine produced, the best 8-over-1 tokens/s ratio any scheduler can reach is
+            8 x (prefill_1 + n x step_1) / (prefill_8 + n x step_8): eight requests prefilled in one
+            forward and decoded together for all of their n tokens, nothing else running.
   engine    the serve engine's batcher, called in-process by C threads back to back (no HTTP, no JSON
             bodies), decoding as the chat endpoint does (inside the run's answer space when it has one):
-            tokens/s and p95 latency at 1 and 8 threads, the same ratio as issue 16's goal.
+            tokens/s and p95 latency at 1 and 8 threads, the same ratio as issue 16's goal; with the
+            shared-prefix cache (the default) and without it.
 
 So: ceiling below 5x means no scheduler meets the goal on this machine; engine far below the ceiling
 means the scheduler loses it; serve_load far below engine means HTTP and the clients' own CPU lose it.
@@ -61,43 +63,51 @@ def timed(fn: Any, repeat: int) -> float:
     return statistics.median(times)
 
 
-def forward_costs(engine: Any, prompt_len: int, repeat: int) -> dict[str, float]:
-    """Prefill of 1 and 8 prompts of `prompt_len` tokens, and one decode step at batch 1 and 8, in seconds."""
+def forward_costs(engine: Any, prompt_len: int, shared: int, repeat: int) -> dict[str, float]:
+    """In seconds, at batch 1 and 8: the prefill of prompts of `prompt_len` tokens, whole and after a
+    cached prefix of `shared` tokens, and one decode step."""
     import torch
     from transformers import DynamicCache
 
     model, config = engine.model, engine.batcher.config
     costs: dict[str, float] = {}
+
+    def forward(ids: torch.Tensor, cache: Any, start: int) -> None:
+        positions = torch.arange(start, start + ids.shape[1]).expand(ids.shape[0], -1)
+        model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+
+    def cache_of(ids: torch.Tensor) -> Any:
+        cache = DynamicCache(config=config)
+        forward(ids, cache, 0)
+        return cache
+
     with torch.inference_mode():
         for b in (1, 8):
             ids = torch.randint(1000, 2000, (b, prompt_len))
+            costs[f"prefill_{b}_s"] = timed(lambda ids=ids: cache_of(ids), repeat)
+            prefix = cache_of(ids[:, :shared])
 
-            def prefill(ids: torch.Tensor = ids) -> Any:
+            def after_prefix(ids: torch.Tensor = ids, prefix: Any = prefix) -> None:
                 cache = DynamicCache(config=config)
-                model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-                return cache
+                for i, layer in enumerate(prefix.layers):
+                    cache.update(layer.keys, layer.values, i)
+                forward(ids[:, shared:], cache, shared)
 
-            costs[f"prefill_{b}_s"] = timed(prefill, repeat)
-            cache = prefill()
-            pos = [prompt_len]
+            costs[f"prefill_{b}_after_prefix_s"] = timed(after_prefix, repeat)
+            cache, pos = cache_of(ids), [prompt_len]
 
             def step(b: int = b, cache: Any = cache, pos: list[int] = pos) -> None:
-                model(
-                    input_ids=torch.randint(1000, 2000, (b, 1)),
-                    position_ids=torch.full((b, 1), pos[0]),
-                    cache=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
+                forward(torch.randint(1000, 2000, (b, 1)), cache, pos[0])
                 pos[0] += 1
 
             costs[f"step_{b}_s"] = timed(step, 4 * repeat)
     return costs
 
 
-def ceiling(costs: dict[str, float], answer_tokens: float) -> float:
-    one = costs["prefill_1_s"] + answer_tokens * costs["step_1_s"]
-    eight = costs["prefill_8_s"] + answer_tokens * costs["step_8_s"]
+def ceiling(costs: dict[str, float], answer_tokens: float, prefill: str = "prefill_{b}_s") -> float:
+    """8 x (prefill_1 + n x step_1) / (prefill_8 + n x step_8)."""
+    one = costs[prefill.format(b=1)] + answer_tokens * costs["step_1_s"]
+    eight = costs[prefill.format(b=8)] + answer_tokens * costs["step_8_s"]
     return 8 * one / eight
 
 
@@ -156,25 +166,19 @@ def engine_level(
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, required=True, help="A trained run directory (an adapter).")
-    ap.add_argument("--requests", type=int, default=32, help="Requests per engine level.")
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--repeat", type=int, default=5, help="Timed repeats of each forward.")
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
-
+def engine_levels(
+    args: argparse.Namespace, prefix_cache: bool
+) -> tuple[list[dict[str, Any]], dict[str, float], list[list[int]]]:
+    """The engine at 1 and 8 threads; then (from the prefix-cache arm) the model's forward costs."""
     from tunesmith.serve.engine import Engine
 
-    engine = Engine([args.run])
+    engine = Engine([args.run], prefix_cache=prefix_cache)
     try:
         served = next(iter(engine.served.values()))
         prompts = chat_prompts(served, 50)
-        prompt_len = round(statistics.fmean(len(p) for p in prompts))
         batcher = engine.batcher
         if batcher is None:
-            ap.error(f"{args.run.name} is a classifier: it answers in one forward, nothing to batch")
+            sys.exit(f"{args.run.name} is a classifier: it answers in one forward, nothing to batch")
         levels = []
         for threads in (1, 8):
             before = batcher.stats()
@@ -186,25 +190,58 @@ def main() -> None:
             level["mean_join"] = round(
                 (after.prefill_rows - before.prefill_rows) / max(after.prefills - before.prefills, 1), 2
             )
-            print(json.dumps(level), flush=True)
+            level["prompt_tokens_prefilled"] = after.prefill_tokens - before.prefill_tokens
+            level["prompt_tokens_from_prefix_cache"] = after.prefix_tokens - before.prefix_tokens
+            print(json.dumps({"prefix_cache": prefix_cache, **level}), flush=True)
             levels.append(level)
-        costs = forward_costs(engine, prompt_len, args.repeat)
+        costs: dict[str, float] = {}
+        if prefix_cache:
+            prompt_len = round(statistics.fmean(len(p) for p in prompts))
+            shared = min(_common(prompts[0], p) for p in prompts[1:])
+            costs = forward_costs(engine, prompt_len, shared, args.repeat)
+        return levels, costs, prompts
     finally:
         engine.close()
-    answer = statistics.fmean(lv["mean_answer_tokens"] for lv in levels)
-    one, eight = levels
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="A trained run directory (an adapter).")
+    ap.add_argument("--requests", type=int, default=32, help="Requests per engine level.")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=5, help="Timed repeats of each forward.")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+
+    arms: dict[str, list[dict[str, Any]]] = {}
+    costs: dict[str, float] = {}
+    for arm, prefix_cache in (("prefix cache", True), ("no prefix cache", False)):
+        arms[arm], arm_costs, prompts = engine_levels(args, prefix_cache)
+        costs = costs or arm_costs
+    prompt_len = round(statistics.fmean(len(p) for p in prompts))
+    shared = min(_common(prompts[0], p) for p in prompts[1:])
+    answer = statistics.fmean(lv["mean_answer_tokens"] for levels in arms.values() for lv in levels)
     result = {
         "run": args.run.name,
         "prompt_tokens_mean": prompt_len,
+        "shared_prefix_tokens": shared,
         "answer_tokens_mean": round(answer, 1),
         "forward_costs_s": {k: round(v, 4) for k, v in costs.items()},
         "ceiling_8_over_1": round(ceiling(costs, answer), 2),
+        "ceiling_8_over_1_prefix_cached": round(ceiling(costs, answer, "prefill_{b}_after_prefix_s"), 2),
         "decode_only_8_over_1": round(8 * costs["step_1_s"] / costs["step_8_s"], 2),
         "prefill_8_over_1": round(8 * costs["prefill_1_s"] / costs["prefill_8_s"], 2),
-        "engine": levels,
+        "engine": arms,
         "engine_8_over_1": {
-            "tokens_per_s": round(eight["tokens_per_s"] / one["tokens_per_s"], 2),
-            "p95": round(eight["latency_p95_s"] / one["latency_p95_s"], 2),
+            arm: {
+                "tokens_per_s": round(levels[1]["tokens_per_s"] / levels[0]["tokens_per_s"], 2),
+                "p95": round(levels[1]["latency_p95_s"] / levels[0]["latency_p95_s"], 2),
+            }
+            for arm, levels in arms.items()
         },
         "torch_threads": _torch_threads(),
         "cpus": os.cpu_count(),

@@ -179,3 +179,69 @@ def test_base_rows_decode_with_the_adapters_off_in_the_same_batch(engine: Engine
     assert got[1] == ref
     assert got[0] == alone(engine, a, question, max_tokens=10)
     assert got[2] == alone(engine, b, question, max_tokens=10) != ref
+
+
+SYSTEM = (
+    "You are the support desk of Ledgerly. Answer in one short sentence, name the queue the ticket "
+    "belongs to, and never promise a refund."
+)
+
+
+def chat(served: Served, text: str) -> list[int]:
+    """The prompt as the server encodes a chat with the run's system prompt: a shared beginning."""
+    from tunesmith.data.tokenize import encode_prompt
+
+    return list(
+        encode_prompt(
+            served.tokenizer, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+        )
+    )
+
+
+def decode_all(engine: Engine, jobs: list[tuple[Served, str]], together: bool) -> list[Any]:
+    assert engine.batcher is not None
+    reqs = []
+    out = []
+    for served, text in jobs:
+        req = Request(
+            served, chat(served, text), Sampling(max_tokens=12), time.monotonic() + 60, threading.Event()
+        )
+        engine.batcher.submit(req)
+        if together:
+            reqs.append(req)
+        else:
+            out.append(drain(req))
+    return [drain(r) for r in reqs] if together else out
+
+
+def test_a_shared_system_prompt_is_prefilled_once_and_answers_do_not_change(
+    engine: Engine, trained_runs: tuple[Path, list[str]]
+) -> None:
+    """Prompts that begin with one system prompt reuse its cached KV (per adapter, base rows too) and
+    prefill only the rest; every row still gets the tokens of a server that prefills each prompt whole."""
+    runs, ids = trained_runs
+    plain = Engine([runs / ids[0], runs / ids[1]], prefix_cache=False)
+    try:
+        a, b = engine.served.values()
+        base = engine.base(a.run_id)
+        assert base is not None
+        jobs = [(s, q) for q in QUESTIONS for s in (a, b, base)]
+        pa, pb = plain.served.values()
+        pbase = plain.base(pa.run_id)
+        assert pbase is not None
+        swap = {a.run_id: pa, b.run_id: pb}
+        expected = decode_all(plain, [(swap.get(s.run_id, pbase), q) for s, q in jobs], together=False)
+        assert plain.batcher is not None and plain.batcher.stats().prefix_tokens == 0
+
+        assert engine.batcher is not None
+        before = engine.batcher.stats()
+        assert decode_all(engine, jobs[:3], together=False) == expected[:3]  # one at a time: prefixes made
+        assert decode_all(engine, jobs, together=True) == expected  # all at once: one prefill after them
+        after = engine.batcher.stats()
+        x, y = chat(a, "x"), chat(a, "y")
+        system = next(i for i, (s, t) in enumerate(zip(x, y, strict=True)) if s != t)  # the shared beginning
+        assert after.prefix_tokens - before.prefix_tokens >= system * len(jobs)
+        prompt_tokens = sum(len(chat(s, q)) for s, q in [*jobs[:3], *jobs])
+        assert after.prefill_tokens - before.prefill_tokens <= prompt_tokens - system * len(jobs)
+    finally:
+        plain.close()

@@ -11,6 +11,11 @@ Why not transformers' own continuous batching (`generate_batch` / `ContinuousBat
 takes one generation config for every request and has no per-request adapter, while this server's requests
 differ in adapter, sampling, stop tokens and constraint. The dynamic cache of a plain forward does all that.
 
+Shared prompt prefixes: requests to one run mostly begin alike (the run's system prompt, the chat template
+around it), so the KV of a prefix two recent prompts shared is computed once, per adapter, and a later
+prompt that begins with it prefills only the rest (its cache starts as the prefix's, the rest's left padding
+sits between the two: a hole in the attention mask). Only the prompt tokens after the prefix cost compute.
+
 Adapters: rows of different LoRA adapters of one base, and rows of the base itself (`BASE`: the playground's
 base column), share a batch through peft's mixed-adapter forward (`adapter_names=`, one name per row). peft
 refuses that for DoRA, and IA3 has no such path, so those rows batch per adapter, the batches stepping in
@@ -26,7 +31,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +77,7 @@ class BatchStats:
     prefills: int  # prefill forwards so far
     prefill_rows: int  # prompts they prefilled
     prefill_tokens: int  # prompt tokens they prefilled
+    prefix_tokens: int  # prompt tokens a cached shared prefix spared from prefilling
 
 
 @dataclass(eq=False)
@@ -83,6 +89,63 @@ class _Row:
     generated: list[int] = field(default_factory=list)
     logits: torch.Tensor | None = None  # the next token's logits, once a forward gave them
     next_id: int | None = None  # the token picked from `logits`, fed at the next step
+
+
+MIN_PREFIX = 16  # tokens: a shorter shared prefix saves less than keeping it costs
+
+
+@dataclass(eq=False)
+class _Prefix:
+    """The KV of a prompt prefix under one adapter: per layer (keys, values), batch 1."""
+
+    adapter: str | None
+    ids: tuple[int, ...]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class _Prefixes:
+    """Prefixes recent prompts shared, per adapter, least recently used dropped past `max_entries`."""
+
+    def __init__(self, max_entries: int = 16, recent: int = 8):
+        self.max_entries = max_entries
+        self.entries: OrderedDict[tuple[str | None, tuple[int, ...]], _Prefix] = OrderedDict()
+        self.recent: dict[str | None, deque[list[int]]] = {}
+        self._recent_len = recent
+        self.hit_tokens = 0  # prompt tokens whose prefill a cached prefix saved
+
+    def match(self, adapter: str | None, prompt: list[int]) -> _Prefix | None:
+        """The longest cached prefix of `prompt` (leaving at least its last token to prefill)."""
+        best = None
+        for (name, ids), entry in self.entries.items():
+            longer = best is None or len(ids) > len(best.ids)
+            if name == adapter and len(ids) < len(prompt) and longer and tuple(prompt[: len(ids)]) == ids:
+                best = entry
+        if best is not None:
+            self.entries.move_to_end((adapter, best.ids))
+        return best
+
+    def shared(self, adapter: str | None, prompt: list[int]) -> tuple[int, ...] | None:
+        """The longest prefix `prompt` shares with a recent prompt of the adapter, if worth keeping; the
+        prompt then counts as recent."""
+        recent = self.recent.setdefault(adapter, deque(maxlen=self._recent_len))
+        longest = max((_common(prompt, other) for other in recent), default=0)
+        recent.append(prompt)
+        longest = min(longest, len(prompt) - 1)
+        return tuple(prompt[:longest]) if longest >= MIN_PREFIX else None
+
+    def add(self, entry: _Prefix) -> None:
+        self.entries[(entry.adapter, entry.ids)] = entry
+        while len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 @dataclass(eq=False)
@@ -103,13 +166,16 @@ class Batcher:
         device: str,
         max_rows: int = 32,
         mixed_adapters: bool = False,
+        prefix_cache: bool = True,
     ):
         """`mixed_adapters`: the model's adapters are all LoRA, so rows of any of them (and BASE rows) may
-        share a batch through peft's `adapter_names=`."""
+        share a batch through peft's `adapter_names=`. `prefix_cache`: reuse the KV of prompt prefixes
+        that requests share (off: every prompt is prefilled whole)."""
         self.model, self.device, self.max_rows = model, device, max_rows
         self.mixed = mixed_adapters
         self.config = _text_config(model)
         self.stackable = _stackable(self.config)
+        self.prefixes = _Prefixes() if prefix_cache and self.stackable else None
         self._inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._waiting: deque[Request] = deque()
         self._batches: dict[Any, _Batch] = {}
@@ -144,6 +210,7 @@ class Batcher:
             prefills=self.prefills,
             prefill_rows=self.prefill_rows,
             prefill_tokens=self.prefill_tokens,
+            prefix_tokens=self.prefixes.hit_tokens if self.prefixes is not None else 0,
         )
 
     # -- the loop -----------------------------------------------------------------------------------
@@ -248,40 +315,93 @@ class Batcher:
     # -- the model --------------------------------------------------------------------------------
 
     def _join(self, batch: _Batch, reqs: list[Request]) -> None:
-        """Prefill the newcomers in one left-padded forward and stack their cache under the batch's."""
+        """Prefill the newcomers and stack their caches under the batch's: those that begin with a cached
+        prefix in one left-padded forward after the prefix all of them have, the others in another."""
+        found = [(r, self._prefix_of(r)) for r in reqs]
+        cached = [(r, p) for r, p in found if p is not None]
+        groups: list[tuple[list[Request], list[_Prefix]]] = []
+        if len(cached) < len(found):
+            groups.append(([r for r, p in found if p is None], []))
+        if cached:
+            groups.append(([r for r, _ in cached], [p for _, p in cached]))
+        for group, prefixes in groups:
+            cache, mask, logits = self._prefill(group, prefixes)
+            rows = [
+                _Row(
+                    req=r,
+                    pos=len(r.prompt),
+                    constraint=r.served.decoder.processor(0)
+                    if r.served.decoder is not None and r.sampling.constrain
+                    else None,
+                    gen=sampling_generator(r.sampling),
+                    logits=logits[i],
+                )
+                for i, r in enumerate(group)
+            ]
+            if batch.cache is None:
+                batch.cache, batch.mask = cache, mask
+            else:
+                assert batch.mask is not None
+                batch.mask = _stack(batch.cache, batch.mask, cache, mask)
+            batch.rows += rows
+
+    def _prefix_of(self, req: Request) -> _Prefix | None:
+        """The longest cached prefix the request's prompt begins with. A new one is computed when the
+        prompt shares at least MIN_PREFIX more tokens with a recent prompt of its adapter than the cached
+        one covers (so prompts that merely share a first word do not each add a prefix)."""
+        if self.prefixes is None:
+            return None
+        adapter = req.served.adapter
+        shared = self.prefixes.shared(adapter, req.prompt)
+        found = self.prefixes.match(adapter, req.prompt)
+        if shared is not None and len(shared) >= (len(found.ids) if found else 0) + MIN_PREFIX:
+            found = self._compute_prefix(adapter, shared)
+            self.prefixes.add(found)
+        return found
+
+    def _compute_prefix(self, adapter: str | None, ids: tuple[int, ...]) -> _Prefix:
         import torch
         from transformers import DynamicCache
 
-        width = max(len(r.prompt) for r in reqs)
+        cache: Any = DynamicCache(config=self.config)
+        mask = torch.ones((1, len(ids)), dtype=torch.long)
+        self._forward([adapter], torch.tensor([ids]), mask, torch.arange(len(ids))[None], cache)
+        return _Prefix(adapter, ids, [(layer.keys, layer.values) for layer in cache.layers])
+
+    def _prefill(
+        self, reqs: list[Request], prefixes: list[_Prefix]
+    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """One forward over the prompts, left-padded, after the prefix every one of `prefixes` (one per
+        request, or none) covers: a prefix's KV holds for any shorter prefix of it, since a position's keys
+        and values depend only on the tokens up to it. The cache starts as those prefixes' KV, so a row's
+        mask is the prefix's ones, its padding, then its own tokens. Returns the cache, the mask and each
+        row's next-token logits."""
+        import torch
+        from transformers import DynamicCache
+
+        shared = min((len(p.ids) for p in prefixes), default=0)
+        rest = [r.prompt[shared:] for r in reqs]
+        width = max(len(x) for x in rest)
         ids = torch.zeros((len(reqs), width), dtype=torch.long)
-        mask = torch.zeros((len(reqs), width), dtype=torch.long)
-        for i, r in enumerate(reqs):
-            ids[i, width - len(r.prompt) :] = torch.tensor(r.prompt)
-            mask[i, width - len(r.prompt) :] = 1
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        mask = torch.zeros((len(reqs), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for i, x in enumerate(rest):
+            ids[i, width - len(x) :] = torch.tensor(x)
+            mask[i, shared + width - len(x) :] = 1
+        positions = (mask.cumsum(1) - 1).clamp(min=0)[:, shared:]
         cache = DynamicCache(config=self.config)
+        if prefixes:
+            for i in range(len(prefixes[0].layers)):
+                keys = torch.cat([p.layers[i][0][..., :shared, :] for p in prefixes])
+                values = torch.cat([p.layers[i][1][..., :shared, :] for p in prefixes])
+                cache.update(keys, values, i)
+            assert self.prefixes is not None
+            self.prefixes.hit_tokens += shared * len(reqs)
         logits = self._forward([r.served.adapter for r in reqs], ids, mask, positions, cache)
         self.prefills += 1
         self.prefill_rows += len(reqs)
-        self.prefill_tokens += sum(len(r.prompt) for r in reqs)
-        rows = [
-            _Row(
-                req=r,
-                pos=len(r.prompt),
-                constraint=r.served.decoder.processor(0)
-                if r.served.decoder is not None and r.sampling.constrain
-                else None,
-                gen=sampling_generator(r.sampling),
-                logits=logits[i],
-            )
-            for i, r in enumerate(reqs)
-        ]
-        if batch.cache is None:
-            batch.cache, batch.mask = cache, mask
-        else:
-            assert batch.mask is not None
-            batch.mask = _stack(batch.cache, batch.mask, cache, mask)
-        batch.rows += rows
+        self.prefill_tokens += sum(len(x) for x in rest)
+        return cache, mask, logits
 
     def _step(self, batch: _Batch) -> None:
         """One decode forward: every row's picked token in, every row's next logits out."""

@@ -88,6 +88,7 @@ class Engine:
         aliases: dict[str, str] | None = None,
         device: str | None = None,
         max_batch: int = 32,
+        prefix_cache: bool = True,
     ):
         import torch
 
@@ -208,6 +209,7 @@ class Engine:
                 max_rows=max_batch,
                 # peft mixes LoRA adapters (and the base) in one batch (`adapter_names=`), not DoRA or IA3.
                 mixed_adapters=all(c.method.name == "lora" for _, c, _, _ in runs),
+                prefix_cache=prefix_cache,
             )
 
     def close(self) -> None:

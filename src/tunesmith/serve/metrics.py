@@ -102,6 +102,12 @@ def _batch_lines(b: BatchStats) -> list[str]:
         ("tunesmith_prefills_total", "counter", "Prefill forwards (requests joining).", b.prefills),
         ("tunesmith_prefill_rows_total", "counter", "Prompts prefilled.", b.prefill_rows),
         ("tunesmith_prefill_tokens_total", "counter", "Prompt tokens prefilled.", b.prefill_tokens),
+        (
+            "tunesmith_prefix_cached_tokens_total",
+            "counter",
+            "Prompt tokens a cached shared prefix spared from prefilling.",
+            b.prefix_tokens,
+        ),
     ]
     out = []
     for name, kind, text, value in series:
