@@ -190,6 +190,11 @@ def engine_levels(
             level["mean_join"] = round(
                 (after.prefill_rows - before.prefill_rows) / max(after.prefills - before.prefills, 1), 2
             )
+            level["mean_decode_step_s"] = round(
+                (after.decode_seconds - before.decode_seconds) / max(after.steps - before.steps, 1), 4
+            )
+            level["decode_s"] = round(after.decode_seconds - before.decode_seconds, 2)
+            level["prefill_s"] = round(after.prefill_seconds - before.prefill_seconds, 2)
             level["prompt_tokens_prefilled"] = after.prefill_tokens - before.prefill_tokens
             level["prompt_tokens_from_prefix_cache"] = after.prefix_tokens - before.prefix_tokens
             print(json.dumps({"prefix_cache": prefix_cache, **level}), flush=True)

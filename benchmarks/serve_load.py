@@ -190,20 +190,21 @@ def run_arm(
     return levels
 
 
-def batch_counters(url: str) -> dict[str, int]:
+def batch_counters(url: str) -> dict[str, float]:
     """The server's decode and prefill counters from /metrics."""
     import httpx
 
     text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).text
     return {
-        name: int(value)
+        name: float(value)
         for name, value in (line.split() for line in text.splitlines() if line.startswith("tunesmith_"))
         if name.endswith("_total") and ("decode" in name or "prefill" in name)
     }
 
 
-def batching(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
-    """Over one level: rows per decode step (how much concurrency became batching) and prompts per prefill."""
+def batching(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Over one level: rows per decode step (how much concurrency became batching), prompts per prefill,
+    and the time those forwards took (against the level's wall time: what the model did not use)."""
     d = {k: after[k] - before[k] for k in after}
     return {
         "mean_decode_batch": round(
@@ -212,8 +213,13 @@ def batching(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
         "mean_prefill_batch": round(
             d["tunesmith_prefill_rows_total"] / max(d["tunesmith_prefills_total"], 1), 2
         ),
-        "decode_steps": d["tunesmith_decode_steps_total"],
-        "prefills": d["tunesmith_prefills_total"],
+        "decode_steps": int(d["tunesmith_decode_steps_total"]),
+        "prefills": int(d["tunesmith_prefills_total"]),
+        "mean_decode_step_s": round(
+            d["tunesmith_decode_seconds_total"] / max(d["tunesmith_decode_steps_total"], 1), 4
+        ),
+        "decode_s": round(d["tunesmith_decode_seconds_total"], 2),
+        "prefill_s": round(d["tunesmith_prefill_seconds_total"], 2),
     }
 
 

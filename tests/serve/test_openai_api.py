@@ -207,6 +207,6 @@ def test_twenty_concurrent_clients_over_a_limit_of_four(
     # the running batch: idle now, and its counters moved
     assert "tunesmith_batch_rows 0" in metrics and "tunesmith_batch_waiting 0" in metrics
     rows = {
-        k: int(v) for k, v in (ln.split() for ln in metrics.splitlines() if ln.startswith("tunesmith_pre"))
+        k: float(v) for k, v in (ln.split() for ln in metrics.splitlines() if ln.startswith("tunesmith_pre"))
     }
     assert rows["tunesmith_prefill_rows_total"] >= counts[200]

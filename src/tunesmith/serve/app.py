@@ -192,8 +192,12 @@ class Job:
         stops: list[str],
         deadline: float,
         on_done: Callable[[Job], None],
+        stream: bool = True,
     ):
+        """`stream`: send each piece of text to the event loop as it is generated; off (a non-streaming
+        request), the loop hears only the end, so no wake-up per token competes with the decoding thread."""
         self.engine, self.served, self.prompt, self.sampling = engine, served, prompt, sampling
+        self.stream = stream
         self.n, self.stops, self.deadline, self.on_done = n, stops, deadline, on_done
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
@@ -205,7 +209,8 @@ class Job:
         threading.Thread(target=self._run, daemon=True, name="tunesmith-generate").start()
 
     def _put(self, *event: Any) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        if self.stream or event[0] == "end":
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
 
     def _run(self) -> None:
         try:
@@ -511,7 +516,8 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
                 metrics.feedback_write_failed()
                 log.exception("could not record response %s in %s", rid, store.path)
 
-        job = Job(engine, served, prompt, sampling, req.n, stops, time.monotonic() + settings.timeout_s, done)
+        deadline = time.monotonic() + settings.timeout_s
+        job = Job(engine, served, prompt, sampling, req.n, stops, deadline, done, stream=bool(req.stream))
         obj = "chat.completion" if endpoint == "chat" else "text_completion"
 
         def usage() -> dict[str, int]:

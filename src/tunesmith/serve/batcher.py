@@ -78,6 +78,8 @@ class BatchStats:
     prefill_rows: int  # prompts they prefilled
     prefill_tokens: int  # prompt tokens they prefilled
     prefix_tokens: int  # prompt tokens a cached shared prefix spared from prefilling
+    prefill_seconds: float  # time in prefill forwards
+    decode_seconds: float  # time in decode forwards
 
 
 @dataclass(eq=False)
@@ -186,6 +188,7 @@ class Batcher:
         self.prefills = 0  # prefill forwards run
         self.prefill_rows = 0  # prompts they prefilled: prefill_rows / prefills is the mean join
         self.prefill_tokens = 0  # prompt tokens prefilled
+        self.prefill_seconds = self.decode_seconds = 0.0  # time in those forwards
         self._thread = threading.Thread(target=self._loop, daemon=True, name="tunesmith-batcher")
         self._thread.start()
 
@@ -211,6 +214,8 @@ class Batcher:
             prefill_rows=self.prefill_rows,
             prefill_tokens=self.prefill_tokens,
             prefix_tokens=self.prefixes.hit_tokens if self.prefixes is not None else 0,
+            prefill_seconds=self.prefill_seconds,
+            decode_seconds=self.decode_seconds,
         )
 
     # -- the loop -----------------------------------------------------------------------------------
@@ -397,7 +402,9 @@ class Batcher:
                 cache.update(keys, values, i)
             assert self.prefixes is not None
             self.prefixes.hit_tokens += shared * len(reqs)
+        start = time.perf_counter()
         logits = self._forward([r.served.adapter for r in reqs], ids, mask, positions, cache)
+        self.prefill_seconds += time.perf_counter() - start
         self.prefills += 1
         self.prefill_rows += len(reqs)
         self.prefill_tokens += sum(len(x) for x in rest)
@@ -411,9 +418,11 @@ class Batcher:
         ids = torch.tensor([[r.next_id] for r in batch.rows], dtype=torch.long)
         positions = torch.tensor([[r.pos] for r in batch.rows], dtype=torch.long)
         batch.mask = torch.cat([batch.mask, torch.ones((len(batch.rows), 1), dtype=torch.long)], dim=1)
+        start = time.perf_counter()
         logits = self._forward(
             [r.req.served.adapter for r in batch.rows], ids, batch.mask, positions, batch.cache
         )
+        self.decode_seconds += time.perf_counter() - start
         for row, row_logits in zip(batch.rows, logits, strict=True):
             row.logits, row.pos = row_logits, row.pos + 1
         self.steps += 1

@@ -94,7 +94,7 @@ class Metrics:
 def _batch_lines(b: BatchStats) -> list[str]:
     """The running batch: rows_total / steps_total is the mean batch a decode step ran (how much
     concurrency turned into batching), prefill_rows_total / prefills_total the mean join."""
-    series = [
+    series: list[tuple[str, str, str, float]] = [
         ("tunesmith_batch_rows", "gauge", "Sequences decoding in the running batch.", b.running),
         ("tunesmith_batch_waiting", "gauge", "Admitted requests waiting to join the batch.", b.waiting),
         ("tunesmith_decode_steps_total", "counter", "Decode forwards (one token per row).", b.steps),
@@ -108,6 +108,15 @@ def _batch_lines(b: BatchStats) -> list[str]:
             "Prompt tokens a cached shared prefix spared from prefilling.",
             b.prefix_tokens,
         ),
+    ]
+    series += [
+        (
+            "tunesmith_prefill_seconds_total",
+            "counter",
+            "Time in prefill forwards.",
+            round(b.prefill_seconds, 6),
+        ),
+        ("tunesmith_decode_seconds_total", "counter", "Time in decode forwards.", round(b.decode_seconds, 6)),
     ]
     out = []
     for name, kind, text, value in series:
