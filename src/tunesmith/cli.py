@@ -752,9 +752,16 @@ def serve_cmd(
     insecure_no_key: Annotated[
         bool, typer.Option(help="Allow a non-loopback host without an API key.")
     ] = False,
+    heap: Annotated[
+        str,
+        typer.Option(
+            help="glibc heap: fast (freed memory is reused; decoding ~15% faster) or compact (RSS ~7% lower)."
+        ),
+    ] = "fast",
     runs_dir: RunsDirOpt = RUNS_DIR_DEFAULT,
 ) -> None:
     """Serve runs over an OpenAI-compatible API (one base model, one adapter per run, chosen by `model`)."""
+    from tunesmith.malloc import set_heap
     from tunesmith.registry import RegistryError
     from tunesmith.serve.app import Settings
     from tunesmith.serve.engine import ServeError
@@ -770,6 +777,9 @@ def serve_cmd(
         max_context=max_context,
         serve_dir=serve_dir or runs_dir / "serve",
     )
+    if heap not in ("fast", "compact"):
+        raise _fail(ValueError(f"--heap {heap!r}: use fast or compact"))
+    set_heap(heap)  # before the model loads; see tunesmith/malloc.py
     try:
         serve(runs_dir, list(runs or []), alias, settings, host, port, allow_no_key=insecure_no_key)
     except (ServeError, RegistryError, ModelError, FileNotFoundError) as e:
@@ -789,9 +799,12 @@ def ui_cmd(
 ) -> None:
     """The browser UI: runs (promote, roll back), a run's live curves and report, start a run from a data
     file, the playground (base vs tuned, streamed), blind review, compare. Loopback only without a key."""
+    from tunesmith.malloc import set_heap
     from tunesmith.serve.app import Settings
     from tunesmith.serve.server import api_keys
     from tunesmith.ui.server import UIStartError, serve_ui
+
+    set_heap("fast")  # the playground decodes in this process, as `serve` does (runs train in their own)
 
     settings = Settings(
         api_keys=api_keys(api_key, os.environ.get("TUNESMITH_API_KEY")),

@@ -210,3 +210,10 @@ def test_twenty_concurrent_clients_over_a_limit_of_four(
         k: float(v) for k, v in (ln.split() for ln in metrics.splitlines() if ln.startswith("tunesmith_pre"))
     }
     assert rows["tunesmith_prefill_rows_total"] >= counts[200]
+
+
+def test_an_unknown_heap_is_refused_before_anything_loads(tmp_path: Path) -> None:
+    from helpers import cli_here
+
+    res = cli_here("serve", "--heap", "tiny", "--runs-dir", str(tmp_path))
+    assert res.returncode == 1 and "use fast or compact" in res.stderr
