@@ -52,25 +52,14 @@ def chat_prompts(served: Any, n: int) -> list[list[int]]:
     return [list(encode_prompt(served.tokenizer, [*system, {"role": "user", "content": r}])) for r in rows]
 
 
-def timed(fn: Any, repeat: int) -> float:
-    """Median seconds of `repeat` calls, after one untimed warm-up."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def forward_costs(engine: Any, prompt_len: int, shared: int, repeat: int) -> dict[str, float]:
-    """In seconds, at batch 1 and 8: the prefill of prompts of `prompt_len` tokens, whole and after a
-    cached prefix of `shared` tokens, and one decode step."""
+    """Median seconds, at batch 1 and 8: the prefill of prompts of `prompt_len` tokens, whole and after a
+    cached prefix of `shared` tokens, and one decode step. The forwards are timed in rounds, batch 1 and
+    batch 8 alternating in each, so a machine whose speed drifts (shared cores) shifts both alike."""
     import torch
     from transformers import DynamicCache
 
     model, config = engine.model, engine.batcher.config
-    costs: dict[str, float] = {}
 
     def forward(ids: torch.Tensor, cache: Any, start: int) -> None:
         positions = torch.arange(start, start + ids.shape[1]).expand(ids.shape[0], -1)
@@ -81,27 +70,39 @@ def forward_costs(engine: Any, prompt_len: int, shared: int, repeat: int) -> dic
         forward(ids, cache, 0)
         return cache
 
+    def after_prefix(ids: torch.Tensor, prefix: Any) -> None:
+        cache = DynamicCache(config=config)
+        for i, layer in enumerate(prefix.layers):
+            cache.update(layer.keys, layer.values, i)
+        forward(ids[:, shared:], cache, shared)
+
+    times: dict[str, list[float]] = {}
+
+    def timed(name: str, fn: Any) -> None:
+        t = time.perf_counter()
+        fn()
+        times.setdefault(name, []).append(time.perf_counter() - t)
+
     with torch.inference_mode():
-        for b in (1, 8):
-            ids = torch.randint(1000, 2000, (b, prompt_len))
-            costs[f"prefill_{b}_s"] = timed(lambda ids=ids: cache_of(ids), repeat)
-            prefix = cache_of(ids[:, :shared])
-
-            def after_prefix(ids: torch.Tensor = ids, prefix: Any = prefix) -> None:
-                cache = DynamicCache(config=config)
-                for i, layer in enumerate(prefix.layers):
-                    cache.update(layer.keys, layer.values, i)
-                forward(ids[:, shared:], cache, shared)
-
-            costs[f"prefill_{b}_after_prefix_s"] = timed(after_prefix, repeat)
-            cache, pos = cache_of(ids), [prompt_len]
-
-            def step(b: int = b, cache: Any = cache, pos: list[int] = pos) -> None:
-                forward(torch.randint(1000, 2000, (b, 1)), cache, pos[0])
-                pos[0] += 1
-
-            costs[f"step_{b}_s"] = timed(step, 4 * repeat)
-    return costs
+        ids = {b: torch.randint(1000, 2000, (b, prompt_len)) for b in (1, 8)}
+        prefixes = {b: cache_of(ids[b][:, :shared]) for b in (1, 8)}
+        caches = {b: cache_of(ids[b]) for b in (1, 8)}
+        pos = prompt_len
+        for _ in range(repeat + 1):  # the first round warms up and is dropped
+            for b in (1, 8):
+                timed(f"prefill_{b}_s", lambda b=b: cache_of(ids[b]))
+                timed(f"prefill_{b}_after_prefix_s", lambda b=b: after_prefix(ids[b], prefixes[b]))
+            for _ in range(4):
+                for b in (1, 8):
+                    timed(
+                        f"step_{b}_s",
+                        lambda b=b, p=pos: forward(torch.randint(1000, 2000, (b, 1)), caches[b], p),
+                    )
+                pos += 1
+    return {
+        name: statistics.median(ts[1:] if name.startswith("prefill") else ts[4:])
+        for name, ts in times.items()
+    }
 
 
 def ceiling(costs: dict[str, float], answer_tokens: float, prefill: str = "prefill_{b}_s") -> float:
@@ -218,7 +219,7 @@ def main() -> None:
     ap.add_argument("--run", type=Path, required=True, help="A trained run directory (an adapter).")
     ap.add_argument("--requests", type=int, default=32, help="Requests per engine level.")
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--repeat", type=int, default=5, help="Timed repeats of each forward.")
+    ap.add_argument("--repeat", type=int, default=10, help="Timed rounds of the forwards (4 steps each).")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
