@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
+
+from serve_load import percentile, run_threads  # noqa: E402
 
 
 def chat_prompts(served: Any, n: int) -> list[list[int]]:
@@ -144,14 +146,8 @@ def engine_level(
             with lock:
                 done.append((time.perf_counter() - t, len(ids)))
 
-    workers = [threading.Thread(target=caller) for _ in range(threads)]
-    t0 = time.perf_counter()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    wall = time.perf_counter() - t0
-    latencies = sorted(lat for lat, _ in done)
+    wall = run_threads(caller, threads)
+    latencies = [lat for lat, _ in done]
     tokens = sum(n for _, n in done)
     return {
         "threads": threads,
@@ -160,8 +156,8 @@ def engine_level(
         "tokens": tokens,
         "tokens_per_s": round(tokens / wall, 2),
         "mean_answer_tokens": round(tokens / len(done), 1),
-        "latency_p50_s": round(statistics.median(latencies), 3),
-        "latency_p95_s": round(latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))], 3),
+        "latency_p50_s": round(percentile(latencies, 0.5) or 0.0, 3),
+        "latency_p95_s": round(percentile(latencies, 0.95) or 0.0, 3),
         "mean_batch": None,  # rows per decode step, filled by the caller from the batcher's counters
         "mean_join": None,  # prompts per prefill
     }

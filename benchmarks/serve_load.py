@@ -94,6 +94,17 @@ def percentile(xs: list[float], q: float) -> float | None:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
+def run_threads(fn: Any, n: int) -> float:
+    """fn on n threads at once; the seconds until the last one ended."""
+    threads = [threading.Thread(target=fn) for _ in range(n)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return time.perf_counter() - t0
+
+
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
@@ -138,13 +149,7 @@ def load_level(
                 if status == 429:
                     time.sleep(0.25)
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    t0 = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    wall = time.perf_counter() - t0
+    wall = run_threads(worker, clients)
     ok = [lat for s, lat, _ in results if s == 200]
     counts = Counter(str(s) for s, _, _ in results)
     return {
