@@ -348,6 +348,113 @@ def _unkeyed_refusal(scope: dict[str, Any]) -> Any:
     return None
 
 
+@dataclass(frozen=True)
+class Reply:
+    """What every response to one generation request says besides its text."""
+
+    endpoint: Literal["chat", "text"]
+    id: str
+    created: int
+    model: str  # as the request named it (an alias or a run id)
+    run_id: str
+    prompt_tokens: int
+    timeout_s: float
+
+    def usage(self, job: Job) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": job.completion_tokens,
+            "total_tokens": self.prompt_tokens + job.completion_tokens,
+        }
+
+    def timeout_message(self) -> str:
+        return f"generation did not finish within the request timeout of {self.timeout_s:g}s"
+
+
+def whole_reply(reply: Reply, job: Job) -> dict[str, Any]:
+    """A finished job's response body, or its error as an APIError."""
+    if isinstance(job.error, Cancelled):
+        raise APIError(499, "the client closed the request", "cancelled")
+    if isinstance(job.error, GenerationTimeout):
+        raise APIError(504, reply.timeout_message(), "timeout_error")
+    if job.error is not None:
+        raise APIError(500, INTERNAL_ERROR, "server_error") from job.error
+    if reply.endpoint == "chat":
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": t},
+                "finish_reason": job.finish[i],
+                "logprobs": None,
+            }
+            for i, t in enumerate(job.texts)
+        ]
+    else:
+        choices = [
+            {"index": i, "text": t, "finish_reason": job.finish[i], "logprobs": None}
+            for i, t in enumerate(job.texts)
+        ]
+    return {
+        "id": reply.id,
+        "object": "chat.completion" if reply.endpoint == "chat" else "text_completion",
+        "created": reply.created,
+        "model": reply.model,
+        "choices": choices,
+        "usage": reply.usage(job),
+        "system_fingerprint": reply.run_id,
+    }
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+async def streamed_reply(reply: Reply, job: Job, n: int, include_usage: bool) -> AsyncIterator[str]:
+    """The job's server-sent events as it generates: the role, text deltas, finish reasons, then an error
+    event or the usage (when asked), then [DONE]. Ending early (the client went away) stops the job."""
+    chat = reply.endpoint == "chat"
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+        return _sse(
+            {
+                "id": reply.id,
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": reply.created,
+                "model": reply.model,
+                "choices": choices,
+                "system_fingerprint": reply.run_id,
+                **extra,
+            }
+        )
+
+    try:
+        if chat:
+            for i in range(n):
+                yield chunk(
+                    [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+                )
+        async for ev in job.events():
+            if ev[0] == "delta":
+                _, i, text = ev
+                c = {"index": i, "delta": {"content": text}} if chat else {"index": i, "text": text}
+                yield chunk([{**c, "finish_reason": None, "logprobs": None}])
+            elif ev[0] == "finish":
+                _, i, reason = ev
+                c = {"index": i, "delta": {}} if chat else {"index": i, "text": ""}
+                yield chunk([{**c, "finish_reason": reason, "logprobs": None}])
+        if job.error is not None:
+            timeout = isinstance(job.error, GenerationTimeout)
+            message = reply.timeout_message() if timeout else INTERNAL_ERROR
+            yield _sse(
+                {"error": {"message": message, "type": "timeout_error" if timeout else "server_error"}}
+            )
+        elif include_usage:
+            yield chunk([], usage=reply.usage(job))
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancel.set()  # the client went away, or the stream ended: the thread stops either way
+
+
 def create_app(engine: Engine, settings: Settings) -> FastAPI:
     app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = Metrics()
@@ -518,131 +625,25 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
 
         deadline = time.monotonic() + settings.timeout_s
         job = Job(engine, served, prompt, sampling, req.n, stops, deadline, done, stream=bool(req.stream))
-        obj = "chat.completion" if endpoint == "chat" else "text_completion"
-
-        def usage() -> dict[str, int]:
-            p = len(prompt)
-            return {
-                "prompt_tokens": p,
-                "completion_tokens": job.completion_tokens,
-                "total_tokens": p + job.completion_tokens,
-            }
-
-        if not req.stream:
-            # uvicorn does not cancel a handler whose client went away (Kludex/uvicorn#501): watch for it.
-            watcher = asyncio.create_task(_cancel_on_disconnect(request, job.cancel))
-            try:
-                async for _ in job.events():
-                    pass
-            except asyncio.CancelledError:
-                job.cancel.set()
-                raise
-            finally:
-                watcher.cancel()
-            if isinstance(job.error, Cancelled):
-                raise APIError(499, "the client closed the request", "cancelled")
-            if isinstance(job.error, GenerationTimeout):
-                raise APIError(
-                    504,
-                    f"generation did not finish within the request timeout of {settings.timeout_s:g}s",
-                    "timeout_error",
-                )
-            if job.error is not None:
-                raise APIError(500, INTERNAL_ERROR, "server_error") from job.error
-            if endpoint == "chat":
-                choices = [
-                    {
-                        "index": i,
-                        "message": {"role": "assistant", "content": t},
-                        "finish_reason": job.finish[i],
-                        "logprobs": None,
-                    }
-                    for i, t in enumerate(job.texts)
-                ]
-            else:
-                choices = [
-                    {"index": i, "text": t, "finish_reason": job.finish[i], "logprobs": None}
-                    for i, t in enumerate(job.texts)
-                ]
-            return {
-                "id": rid,
-                "object": obj,
-                "created": created,
-                "model": req.model,
-                "choices": choices,
-                "usage": usage(),
-                "system_fingerprint": served.run_id,
-            }
-
-        chunk_obj = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
-        include_usage = bool((req.stream_options or {}).get("include_usage"))
-
-        def sse(payload: dict[str, Any]) -> str:
-            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-        def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
-            return sse(
-                {
-                    "id": rid,
-                    "object": chunk_obj,
-                    "created": created,
-                    "model": req.model,
-                    "choices": choices,
-                    "system_fingerprint": served.run_id,
-                    **extra,
-                }
+        reply = Reply(endpoint, rid, created, req.model, served.run_id, len(prompt), settings.timeout_s)
+        if req.stream:
+            include_usage = bool((req.stream_options or {}).get("include_usage"))
+            return StreamingResponse(
+                streamed_reply(reply, job, req.n, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
             )
-
-        async def stream() -> AsyncIterator[str]:
-            try:
-                if endpoint == "chat":
-                    for i in range(req.n):
-                        yield chunk(
-                            [
-                                {
-                                    "index": i,
-                                    "delta": {"role": "assistant", "content": ""},
-                                    "finish_reason": None,
-                                }
-                            ]
-                        )
-                async for ev in job.events():
-                    if ev[0] == "delta":
-                        _, i, text = ev
-                        c = (
-                            {"index": i, "delta": {"content": text}}
-                            if endpoint == "chat"
-                            else {"index": i, "text": text}
-                        )
-                        yield chunk([{**c, "finish_reason": None, "logprobs": None}])
-                    elif ev[0] == "finish":
-                        _, i, reason = ev
-                        c = {"index": i, "delta": {}} if endpoint == "chat" else {"index": i, "text": ""}
-                        yield chunk([{**c, "finish_reason": reason, "logprobs": None}])
-                if job.error is not None:
-                    timeout = isinstance(job.error, GenerationTimeout)
-                    message = (
-                        f"generation did not finish within the request timeout of {settings.timeout_s:g}s"
-                        if timeout
-                        else INTERNAL_ERROR
-                    )
-                    yield sse(
-                        {
-                            "error": {
-                                "message": message,
-                                "type": "timeout_error" if timeout else "server_error",
-                            }
-                        }
-                    )
-                elif include_usage:
-                    yield chunk([], usage=usage())
-                yield "data: [DONE]\n\n"
-            finally:
-                job.cancel.set()  # the client went away, or the stream ended: the thread stops either way
-
-        return StreamingResponse(
-            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-        )
+        # uvicorn does not cancel a handler whose client went away (Kludex/uvicorn#501): watch for it.
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, job.cancel))
+        try:
+            async for _ in job.events():
+                pass
+        except asyncio.CancelledError:
+            job.cancel.set()
+            raise
+        finally:
+            watcher.cancel()
+        return whole_reply(reply, job)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
