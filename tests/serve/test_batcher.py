@@ -245,3 +245,33 @@ def test_a_shared_system_prompt_is_prefilled_once_and_answers_do_not_change(
         assert after.prefill_tokens - before.prefill_tokens <= prompt_tokens - system * len(jobs)
     finally:
         plain.close()
+
+
+def test_the_prefix_cache_keeps_at_most_its_byte_budget() -> None:
+    """Least recently used prefixes go first; one bigger than the whole budget is never kept, and a later
+    prompt sharing that much is not offered as a prefix at all (it would only be computed and dropped)."""
+    import torch
+
+    from tunesmith.serve.batcher import MIN_PREFIX, _Prefix, _Prefixes
+
+    def entry(first: int, n: int) -> _Prefix:  # 2 layers of keys and values, 8 float32 bytes a token each
+        ids = tuple(range(first, first + n))
+        return _Prefix("a", ids, [(torch.zeros(1, 1, n, 1), torch.zeros(1, 1, n, 1)) for _ in range(2)])
+
+    per_token = 2 * 2 * 4
+    cache = _Prefixes(max_bytes=50 * per_token)
+    one, two, three = entry(0, 20), entry(100, 20), entry(200, 20)
+    cache.add(one)
+    cache.add(two)
+    assert cache.match("a", [*one.ids, 7]) is one  # now the most recently used
+    cache.add(three)  # 60 tokens > 50: the least recently used (two) goes
+    assert cache.match("a", [*two.ids, 7]) is None and cache.match("a", [*three.ids, 7]) is three
+    assert cache.match("b", [*one.ids, 7]) is None  # another adapter's KV differs
+    cache.add(entry(300, 60))  # alone over the budget: not kept, nothing else dropped
+    assert cache.match("a", [*one.ids, 7]) is one and cache.match("a", [*three.ids, 7]) is three
+    long_a, long_b = [*range(500, 560), 1], [*range(500, 560), 2]
+    assert cache.shared("a", long_a) is None  # nothing recent yet
+    assert cache.shared("a", long_b) is None  # 60 shared tokens would not fit
+    assert cache.shared("a", [*range(500, 500 + MIN_PREFIX + 1), 3]) == tuple(
+        range(500, 500 + MIN_PREFIX + 1)
+    )

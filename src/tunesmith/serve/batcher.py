@@ -106,13 +106,16 @@ class _Prefix:
 
 
 class _Prefixes:
-    """Prefixes recent prompts shared, per adapter, least recently used dropped past `max_entries`."""
+    """Prefixes recent prompts shared, per adapter, the least recently used dropped past `max_bytes` of KV
+    (a 2,000-token prefix of a 7B model in fp16 holds about 1 GB)."""
 
-    def __init__(self, max_entries: int = 16, recent: int = 8):
-        self.max_entries = max_entries
+    def __init__(self, max_bytes: int, recent: int = 8):
+        self.max_bytes = max_bytes
         self.entries: OrderedDict[tuple[str | None, tuple[int, ...]], _Prefix] = OrderedDict()
         self.recent: dict[str | None, deque[list[int]]] = {}
         self._recent_len = recent
+        self._bytes = 0
+        self._per_token: float | None = None  # KV bytes per cached token, known after the first prefix
         self.hit_tokens = 0  # prompt tokens whose prefill a cached prefix saved
 
     def match(self, adapter: str | None, prompt: list[int]) -> _Prefix | None:
@@ -127,18 +130,30 @@ class _Prefixes:
         return best
 
     def shared(self, adapter: str | None, prompt: list[int]) -> tuple[int, ...] | None:
-        """The longest prefix `prompt` shares with a recent prompt of the adapter, if worth keeping; the
-        prompt then counts as recent."""
+        """The longest prefix `prompt` shares with a recent prompt of the adapter, if worth keeping (and
+        small enough to keep); the prompt then counts as recent."""
         recent = self.recent.setdefault(adapter, deque(maxlen=self._recent_len))
         longest = max((_common(prompt, other) for other in recent), default=0)
         recent.append(prompt)
         longest = min(longest, len(prompt) - 1)
-        return tuple(prompt[:longest]) if longest >= MIN_PREFIX else None
+        if longest < MIN_PREFIX or (self._per_token and longest * self._per_token > self.max_bytes):
+            return None
+        return tuple(prompt[:longest])
 
     def add(self, entry: _Prefix) -> None:
+        size = _nbytes(entry)
+        self._per_token = size / len(entry.ids)
+        if size > self.max_bytes:
+            return
         self.entries[(entry.adapter, entry.ids)] = entry
-        while len(self.entries) > self.max_entries:
-            self.entries.popitem(last=False)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, dropped = self.entries.popitem(last=False)
+            self._bytes -= _nbytes(dropped)
+
+
+def _nbytes(entry: _Prefix) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in entry.layers)
 
 
 def _common(a: list[int], b: list[int]) -> int:
@@ -177,7 +192,9 @@ class Batcher:
         self.mixed = mixed_adapters
         self.config = _text_config(model)
         self.stackable = _stackable(self.config)
-        self.prefixes = _Prefixes() if prefix_cache and self.stackable else None
+        # the prefix cache may hold KV up to a quarter of the weights' bytes
+        budget = sum(p.numel() * p.element_size() for p in model.parameters()) // 4
+        self.prefixes = _Prefixes(budget) if prefix_cache and self.stackable else None
         self._inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._waiting: deque[Request] = deque()
         self._batches: dict[Any, _Batch] = {}
@@ -201,7 +218,8 @@ class Batcher:
 
     @property
     def running_rows(self) -> int:
-        return sum(len(b.rows) for b in self._batches.values())
+        # list() copies the values in one step under the GIL: /metrics reads this from another thread
+        return sum(len(b.rows) for b in list(self._batches.values()))
 
     def stats(self) -> BatchStats:
         """Counters for /metrics (read without a lock: each is one int written by the decoding thread)."""
