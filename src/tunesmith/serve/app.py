@@ -455,6 +455,111 @@ async def streamed_reply(reply: Reply, job: Job, n: int, include_usage: bool) ->
         job.cancel.set()  # the client went away, or the stream ended: the thread stops either way
 
 
+async def read_json(request: Request, model: type[BaseModel], max_body_bytes: int) -> Any:
+    """The body parsed as `model`, read no further than `max_body_bytes` (413 beyond); 400 names the field."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_body_bytes:
+        raise APIError(413, f"request body of {length} bytes is over the limit of {max_body_bytes}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_body_bytes:
+            raise APIError(413, f"request body is over the limit of {max_body_bytes} bytes")
+    try:
+        return model.model_validate_json(bytes(body))
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise APIError(
+            400, f"{where}: {first['msg']}" if where else first["msg"], param=where or None
+        ) from None
+
+
+def check_request(req: _Request, engine: Engine, settings: Settings) -> tuple[Served, list[str]]:
+    """The served run a request names and its stop strings; a 400 or 404 for what this server refuses."""
+    extra = req.model_extra or {}
+    bad = [k for k in UNSUPPORTED if extra.get(k) not in (None, False, [], {})]
+    bad += [k for k, ok in NEUTRAL.items() if extra.get(k) is not None and extra[k] not in ok]
+    if bad:
+        raise APIError(
+            400,
+            f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not supported by this server",
+            param=bad[0],
+        )
+    served = engine.lookup(req.model)
+    if served is None:
+        raise APIError(
+            404,
+            f"The model `{req.model}` does not exist; served: {', '.join(sorted(engine.names))}",
+            param="model",
+        )
+    if req.n > settings.max_n:
+        raise APIError(400, f"n={req.n} is over this server's limit of {settings.max_n}", param="n")
+    if req.n > 1 and not (req.temperature or 0.0) >= MIN_TEMPERATURE:
+        raise APIError(
+            400,
+            f"n={req.n} without a temperature would return {req.n} identical answers: this server decodes "
+            "greedily unless `temperature` is set (OpenAI's default is 1)",
+            param="n",
+        )
+    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if len(stops) > settings.max_stop or any(len(s) > settings.max_stop_chars for s in stops):
+        raise APIError(
+            400,
+            f"at most {settings.max_stop} stop sequences of up to {settings.max_stop_chars} characters",
+            param="stop",
+        )
+    return served, stops
+
+
+def token_budget(prompt_len: int, requested: int | None, context: int, default: int) -> int:
+    """The completion tokens a prompt may have: as requested, or `default` within the context."""
+    if requested is not None and prompt_len + requested > context:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} in the completion). "
+            "Please reduce the length of the prompt or of max_tokens.",
+            param="max_tokens",
+        )
+    if prompt_len >= context:
+        raise APIError(
+            400,
+            f"the prompt is {prompt_len} tokens; this model's maximum context length is {context}",
+            param="messages",
+        )
+    return requested if requested is not None else min(default, context - prompt_len)
+
+
+def record_answer(
+    store: FeedbackStore,
+    metrics: Metrics,
+    reply: Reply,
+    served: Served,
+    log_request: dict[str, Any],
+    job: Job,
+) -> None:
+    """The answer in the feedback store, PII-redacted by the run's rules; a failed write is logged and counted
+    (the answer itself was generated: the client still gets it, and feedback on its id will say it is
+    unknown)."""
+    try:
+        redact = redactor(served.clean)
+        store.record_response(
+            reply.id,
+            reply.endpoint,
+            reply.model,
+            served.run_id,
+            {
+                k: redact(v) if isinstance(v, str) else [{**m, "content": redact(m["content"])} for m in v]
+                for k, v in log_request.items()
+            },
+            [redact(t) for t in job.texts],
+        )
+    except Exception:
+        metrics.feedback_write_failed()
+        log.exception("could not record response %s in %s", reply.id, store.path)
+
+
 def create_app(engine: Engine, settings: Settings) -> FastAPI:
     app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = Metrics()
@@ -468,26 +573,6 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     @app.exception_handler(APIError)
     async def api_error(_: Request, e: APIError) -> Any:
         return _error(e.status, e.message, e.type, e.param)
-
-    async def read_json(request: Request, model: type[BaseModel]) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-            raise APIError(
-                413, f"request body of {length} bytes is over the limit of {settings.max_body_bytes}"
-            )
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > settings.max_body_bytes:
-                raise APIError(413, f"request body is over the limit of {settings.max_body_bytes} bytes")
-        try:
-            return model.model_validate_json(bytes(body))
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(x) for x in first["loc"])
-            raise APIError(
-                400, f"{where}: {first['msg']}" if where else first["msg"], param=where or None
-            ) from None
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -514,58 +599,6 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         ]
         return {"object": "list", "data": data}
 
-    def prepare(req: _Request) -> tuple[Served, list[str], int]:
-        extra = req.model_extra or {}
-        bad = [k for k in UNSUPPORTED if extra.get(k) not in (None, False, [], {})]
-        bad += [k for k, ok in NEUTRAL.items() if extra.get(k) is not None and extra[k] not in ok]
-        if bad:
-            raise APIError(
-                400,
-                f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not supported by this server",
-                param=bad[0],
-            )
-        served = engine.lookup(req.model)
-        if served is None:
-            raise APIError(
-                404,
-                f"The model `{req.model}` does not exist; served: {', '.join(sorted(engine.names))}",
-                param="model",
-            )
-        if req.n > settings.max_n:
-            raise APIError(400, f"n={req.n} is over this server's limit of {settings.max_n}", param="n")
-        if req.n > 1 and not (req.temperature or 0.0) >= MIN_TEMPERATURE:
-            raise APIError(
-                400,
-                f"n={req.n} without a temperature would return {req.n} identical answers: this server decodes "
-                "greedily unless `temperature` is set (OpenAI's default is 1)",
-                param="n",
-            )
-        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if len(stops) > settings.max_stop or any(len(s) > settings.max_stop_chars for s in stops):
-            raise APIError(
-                400,
-                f"at most {settings.max_stop} stop sequences of up to {settings.max_stop_chars} characters",
-                param="stop",
-            )
-        return served, stops, req.n
-
-    def budget(prompt_len: int, requested: int | None) -> int:
-        if requested is not None and prompt_len + requested > context:
-            raise APIError(
-                400,
-                f"This model's maximum context length is {context} tokens. However, you requested "
-                f"{prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} in the completion). "
-                "Please reduce the length of the prompt or of max_tokens.",
-                param="max_tokens",
-            )
-        if prompt_len >= context:
-            raise APIError(
-                400,
-                f"the prompt is {prompt_len} tokens; this model's maximum context length is {context}",
-                param="messages",
-            )
-        return requested if requested is not None else min(settings.default_max_tokens, context - prompt_len)
-
     async def run(
         endpoint: Literal["chat", "text"],
         request: Request,
@@ -586,7 +619,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
             )
         try:
             prompt = await asyncio.to_thread(encode)
-            max_tokens = budget(len(prompt), requested)
+            max_tokens = token_budget(len(prompt), requested, context, settings.default_max_tokens)
         except BaseException:
             admission.leave()
             raise
@@ -595,37 +628,16 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         temperature = req.temperature if req.temperature and req.temperature >= MIN_TEMPERATURE else 0.0
         sampling = Sampling(max_tokens, temperature, req.top_p or 1.0, req.seed, constrain=endpoint == "chat")
 
+        reply = Reply(endpoint, rid, created, req.model, served.run_id, len(prompt), settings.timeout_s)
+
         def done(job: Job) -> None:
             admission.leave()
             metrics.count_tokens(req.model, len(prompt) * req.n, job.completion_tokens)
             if job.error is None:
-                record(job)
-
-        def record(job: Job) -> None:
-            """The answer in the feedback store; a failed write is logged and counted (the answer itself
-            was generated: the client still gets it, and feedback on its id will say it is unknown)."""
-            try:
-                redact = redactor(served.clean)
-                store.record_response(
-                    rid,
-                    endpoint,
-                    req.model,
-                    served.run_id,
-                    {
-                        k: redact(v)
-                        if isinstance(v, str)
-                        else [{**m, "content": redact(m["content"])} for m in v]
-                        for k, v in log_request.items()
-                    },
-                    [redact(t) for t in job.texts],
-                )
-            except Exception:
-                metrics.feedback_write_failed()
-                log.exception("could not record response %s in %s", rid, store.path)
+                record_answer(store, metrics, reply, served, log_request, job)
 
         deadline = time.monotonic() + settings.timeout_s
         job = Job(engine, served, prompt, sampling, req.n, stops, deadline, done, stream=bool(req.stream))
-        reply = Reply(endpoint, rid, created, req.model, served.run_id, len(prompt), settings.timeout_s)
         if req.stream:
             include_usage = bool((req.stream_options or {}).get("include_usage"))
             return StreamingResponse(
@@ -647,8 +659,8 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
-        req = await read_json(request, ChatRequest)
-        served, stops, _ = prepare(req)
+        req = await read_json(request, ChatRequest, settings.max_body_bytes)
+        served, stops = check_request(req, engine, settings)
         # Bounded before anything is encoded: rendering a chat costs time in the number of turns.
         if len(req.messages) > settings.max_messages:
             raise APIError(
@@ -686,8 +698,8 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        req = await read_json(request, CompletionRequest)
-        served, stops, _ = prepare(req)
+        req = await read_json(request, CompletionRequest, settings.max_body_bytes)
+        served, stops = check_request(req, engine, settings)
         if served.classifier:
             raise APIError(
                 400,
@@ -710,7 +722,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
 
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> Any:
-        req = await read_json(request, FeedbackRequest)
+        req = await read_json(request, FeedbackRequest, settings.max_body_bytes)
         stored = await asyncio.to_thread(store.response, req.id)
         if stored is None:
             raise APIError(404, f"no response with id {req.id!r} on this server", param="id")
