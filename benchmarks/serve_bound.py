@@ -198,16 +198,18 @@ def engine_levels(
             levels.append(level)
         costs: dict[str, float] = {}
         if prefix_cache:
-            prompt_len = round(statistics.fmean(len(p) for p in prompts))
-            shared = min(_common(prompts[0], p) for p in prompts[1:])
-            costs = forward_costs(engine, prompt_len, shared, args.repeat)
+            costs = forward_costs(engine, *prompt_shape(prompts), args.repeat)
         return levels, costs, prompts
     finally:
         engine.close()
 
 
-def _common(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+def prompt_shape(prompts: list[list[int]]) -> tuple[int, int]:
+    """The prompts' mean length and the prefix all of them share (system prompt and template), in tokens."""
+    from tunesmith.serve.batcher import common_prefix_len
+
+    mean = round(statistics.fmean(len(p) for p in prompts))
+    return mean, min(common_prefix_len(prompts[0], p) for p in prompts[1:])
 
 
 def main() -> None:
@@ -224,8 +226,7 @@ def main() -> None:
     for arm, prefix_cache in (("prefix cache", True), ("no prefix cache", False)):
         arms[arm], arm_costs, prompts = engine_levels(args, prefix_cache)
         costs = costs or arm_costs
-    prompt_len = round(statistics.fmean(len(p) for p in prompts))
-    shared = min(_common(prompts[0], p) for p in prompts[1:])
+    prompt_len, shared = prompt_shape(prompts)
     answer = statistics.fmean(lv["mean_answer_tokens"] for levels in arms.values() for lv in levels)
     result = {
         "run": args.run.name,

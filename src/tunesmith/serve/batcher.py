@@ -133,7 +133,7 @@ class _Prefixes:
         """The longest prefix `prompt` shares with a recent prompt of the adapter, if worth keeping (and
         small enough to keep); the prompt then counts as recent."""
         recent = self.recent.setdefault(adapter, deque(maxlen=self._recent_len))
-        longest = max((_common(prompt, other) for other in recent), default=0)
+        longest = max((common_prefix_len(prompt, other) for other in recent), default=0)
         recent.append(prompt)
         longest = min(longest, len(prompt) - 1)
         if longest < MIN_PREFIX or (self._per_token and longest * self._per_token > self.max_bytes):
@@ -156,7 +156,8 @@ def _nbytes(entry: _Prefix) -> int:
     return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in entry.layers)
 
 
-def _common(a: list[int], b: list[int]) -> int:
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:

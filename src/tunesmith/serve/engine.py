@@ -179,20 +179,16 @@ class Engine:
                     plain_text=reads_plain_text(tok),
                 )
                 continue
+            stops = stop_token_ids(tok, getattr(self.model, "generation_config", None))
             self.served[manifest["id"]] = Served(
                 run_id=manifest["id"],
                 run_dir=d,
                 adapter=adapter,
                 tokenizer=tok,
-                stop_ids=stop_token_ids(tok, getattr(self.model, "generation_config", None)),
+                stop_ids=stops,
                 system_prompt=cfg.data.system_prompt,
                 clean=cfg.data.clean,
-                decoder=run_decoder(
-                    d,
-                    cfg.eval.constrain,
-                    tok,
-                    stop_token_ids(tok, getattr(self.model, "generation_config", None)),
-                ),
+                decoder=run_decoder(d, cfg.eval.constrain, tok, stops),
             )
         for alias, run_id in (aliases or {}).items():
             if run_id not in self.served:

@@ -108,8 +108,6 @@ def _batch_lines(b: BatchStats) -> list[str]:
             "Prompt tokens a cached shared prefix spared from prefilling.",
             b.prefix_tokens,
         ),
-    ]
-    series += [
         (
             "tunesmith_prefill_seconds_total",
             "counter",
