@@ -1,9 +1,11 @@
 """How far batching can take serving on this machine: the model's ceiling, then the engine without HTTP.
 
     PYTHONPATH=src python benchmarks/serve_bound.py --run runs/A          # a trained run, ~5 min on 2 cores
+    PYTHONPATH=src python benchmarks/serve_bound.py --run runs/A --prompts ../shared/data/clinc150/test.csv
 
 `benchmarks/serve_load.py` measures the whole server over HTTP. This script splits its 8-clients-over-1
-ratio in two, with the same prompts (the support tickets, as chat messages with the run's system prompt):
+ratio in two, with the same prompts (the support tickets, or `--prompts`: CLINC150's queries, as chat
+messages with the run's system prompt):
 
   ceiling   the served model's forward costs, timed alone: the prefill of one prompt and of eight (whole,
             and after the prefix every prompt shares, cached), and one decode step at batch 1 and at
@@ -24,6 +26,7 @@ Results: benchmarks/results/serve_bound.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -39,14 +42,24 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
 from serve_load import percentile, run_threads  # noqa: E402
 
+TICKETS = ROOT / "examples" / "support-tickets" / "data" / "tickets.jsonl"
 
-def chat_prompts(served: Any, n: int) -> list[list[int]]:
-    """The first n support tickets as the server encodes a chat request: system prompt, then the user turn."""
-    from tunesmith.data.tokenize import encode_prompt
 
-    tickets = ROOT / "examples" / "support-tickets" / "data" / "tickets.jsonl"
-    rows = [json.loads(line)["instruction"] for line in tickets.read_text().splitlines()[:n]]
+def user_turns(path: Path, n: int) -> list[str]:
+    """The first n user turns of a file: the support tickets' `instruction`, or a CSV's first column (CLINC150's
+    `query`)."""
+    import csv
+
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            return [row[0] for row in itertools.islice(csv.reader(f), 1, n + 1)]
+    return [json.loads(line)["instruction"] for line in path.read_text().splitlines()[:n]]
+
+
+def chat_prompts(served: Any, rows: list[str]) -> list[list[int]]:
+    """The user turns as the server encodes a chat request: the run's system prompt, then the turn."""
     from tunesmith.data.formats import Message
+    from tunesmith.data.tokenize import encode_prompt
 
     system: list[Message] = (
         [{"role": "system", "content": served.system_prompt}] if served.system_prompt else []
@@ -172,7 +185,7 @@ def engine_levels(
     engine = Engine([args.run], prefix_cache=prefix_cache)
     try:
         served = next(iter(engine.served.values()))
-        prompts = chat_prompts(served, 50)
+        prompts = chat_prompts(served, user_turns(args.prompts, 50))
         batcher = engine.batcher
         if batcher is None:
             sys.exit(f"{args.run.name} is a classifier: it answers in one forward, nothing to batch")
@@ -218,6 +231,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=32, help="Requests per engine level.")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=10, help="Timed rounds of the forwards (4 steps each).")
+    ap.add_argument(
+        "--prompts",
+        type=Path,
+        default=TICKETS,
+        help="User turns: a JSONL with `instruction`, or a CSV (first column).",
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -230,6 +249,7 @@ def main() -> None:
     answer = statistics.fmean(lv["mean_answer_tokens"] for levels in arms.values() for lv in levels)
     result = {
         "run": args.run.name,
+        "prompts": f"{args.prompts.parent.name}/{args.prompts.name}",
         "prompt_tokens_mean": prompt_len,
         "shared_prefix_tokens": shared,
         "answer_tokens_mean": round(answer, 1),
